@@ -1,0 +1,60 @@
+"""The one tolerance table, keyed by dtype, and the error measure it bounds.
+
+Measure: the norm-wise relative error of a leaf,
+    rel = max_i |got_i - want_i| / max(max_i |want_i|, max_i |got_i|, natural scale)
+(0 when both are exactly zero). The natural scale (jax_ref.scales) is the magnitude the
+rounding lives on: the same computation on absolute values, as in the classical bound
+|fl(A·B) - A·B| <= γ_n |A|·|B|. Element-wise relative error is the wrong measure for
+gradients: entries that cancel to ~0 (a row of a - onehot, a sum over N) carry absolute
+rounding of the leaf's scale, and their element-wise error is unbounded for a correct
+gradient. The norm-wise error of a correct float computation is a small multiple of the
+dtype's unit roundoff u times the conditioning of the reductions involved.
+
+Placeholder values; measured and justified below.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["TOLERANCES", "rel_error", "tolerance"]
+
+TOLERANCES: dict[str, float] = {"float64": 1e-10, "float32": 1e-4}
+
+
+def tolerance(dtype) -> float:
+    """The tolerance for comparing a hand-derived result of `dtype` with the referee."""
+    name = jnp.dtype(dtype).name
+    if name not in TOLERANCES:
+        raise ValueError(f"no tolerance for dtype {name}; known: {sorted(TOLERANCES)}")
+    return TOLERANCES[name]
+
+
+def rel_error(got, want, scale: float = 0.0) -> tuple[float, float, tuple[int, ...]]:
+    """(max_abs_err, norm-wise rel err, index of the largest |got - want|) in float64.
+
+    The error is relative to max(max|want|, max|got|, `scale`): pass the natural scale of
+    the computation (jax_ref.scales) where cancellation makes the result smaller than the
+    numbers its rounding came from.
+
+    A NaN or inf anywhere in `got` or `want` (where the other is finite) is an infinite
+    error at its index: a non-finite gradient never passes."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    diff = np.abs(got - want)
+    both_nan = np.isnan(got) & np.isnan(want)
+    diff = np.where(both_nan, 0.0, np.where(np.isfinite(diff), diff, np.inf))
+    if diff.size == 0:
+        return 0.0, 0.0, ()
+    idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    max_abs = float(diff[idx])
+    finite = np.concatenate([np.abs(got[np.isfinite(got)]), np.abs(want[np.isfinite(want)])])
+    scale = max(float(finite.max(initial=0.0)), float(scale))
+    if max_abs == 0.0:
+        rel = 0.0
+    elif not np.isfinite(max_abs) or scale == 0.0:
+        rel = np.inf
+    else:
+        rel = max_abs / scale
+    return max_abs, rel, tuple(int(i) for i in idx)
