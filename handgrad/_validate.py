@@ -39,12 +39,23 @@ def _fmt(letters: str, shape: tuple) -> str:
     return f"{letters} = ({sizes})"
 
 
-def _float_array(x, name: str, letters: str, ndim: int):
-    """`x` as a floating jax array of rank `ndim`, finite when concrete."""
+def _array(x, name: str, letters: str):
+    """A jax array (or tracer) as is; anything else as a numpy array of JAX's canonical
+    dtype. Not jnp.asarray: that compiles a staging op for every new shape."""
+    if isinstance(x, jax.Array):
+        return x
     try:
-        x = jnp.asarray(x)
-    except TypeError as e:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be an array {letters}; got {type(x).__name__}") from e
+    if x.dtype == object:
+        raise ValueError(f"{name} must be a numeric array {letters}; got dtype object")
+    return x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
+
+
+def _float_array(x, name: str, letters: str, ndim: int):
+    """`x` as a floating array of rank `ndim`, finite when concrete."""
+    x = _array(x, name, letters)
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {letters}, a {ndim}-D array; got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -78,10 +89,7 @@ def check_logits(z):
 
 def check_labels(y, N: int, C: int, *, against: str):
     """y: (N,) integer labels in [0, C) (the range is checked when concrete)."""
-    try:
-        y = jnp.asarray(y)
-    except TypeError as e:
-        raise ValueError(f"y must be an integer array (N,); got {type(y).__name__}") from e
+    y = _array(y, "y", "(N,)")
     if y.dtype == jnp.bool_ or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"y must hold integer class labels (N,); got dtype {y.dtype}")
     if y.shape != (N,):
@@ -131,7 +139,8 @@ def check_mlp(params, X):
         raise ValueError(f"W2 must be (H, C) = ({H}, C) to match {w1_is}; got {W2.shape}")
     C = W2.shape[1]
     if C == 0:
-        raise ValueError(f"W2 must have at least one class (C >= 1); got {_fmt('(H, C)', W2.shape)}")
+        got = _fmt("(H, C)", W2.shape)
+        raise ValueError(f"W2 must have at least one class (C >= 1); got {got}")
     b2 = _float_array(params[3], "b2", "(C,)", 1)
     if b2.shape != (C,):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""The seed's first three blocks: softmax, its Jacobian, cross-entropy and its batch-mean gradient."""
+"""The seed's first blocks: softmax, its Jacobian, cross-entropy and its batch-mean gradient."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ _jacobian = jax.jit(jax.vmap(jax.jacrev(lambda row: jax.nn.softmax(row))))
 
 @jax.jit
 def _ce(z, y):
-    N, C = z.shape
+    C = z.shape[1]
     onehot = jax.nn.one_hot(y, C, dtype=z.dtype)  # an out-of-range label gives a zero row...
     per_row = -jnp.sum(onehot * jax.nn.log_softmax(z, axis=-1), axis=-1)
     per_row = jnp.where(onehot.sum(axis=-1) == 1, per_row, jnp.nan)  # ...which must not pass

@@ -1,0 +1,209 @@
+"""Reports: JSON and Markdown (and PNG plots) written atomically and deterministically.
+
+Same inputs, same bytes: no timestamps, keys in a fixed order, floats via repr.
+A report's files are first written beside their targets under temporary names and only
+then renamed over them (os.replace is atomic), so a crash leaves the previous report whole.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["gradcheck_markdown", "mutants_markdown", "plot_gradcheck", "write_files"]
+
+
+def _json_default(x):
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def to_json(data) -> str:
+    return json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n"
+
+
+def write_files(out_dir: str | os.PathLike, files: dict[str, str | bytes | Callable]) -> list[Path]:
+    """Write {name: text | bytes | writer(path)} into out_dir, all or nothing: every file
+    goes to a temporary name first, then each is renamed over its target."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, content in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+            os.close(fd)
+            tmp = Path(tmp)
+            staged.append((tmp, out / name))
+            if callable(content):
+                content(tmp)
+            elif isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                tmp.write_text(content, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp, target in staged:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is for reading
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
+    return [target for _, target in staged]
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        if math.isinf(x) or math.isnan(x):
+            return str(x)
+        return "0" if x == 0 else f"{x:.2e}"
+    return str(x)
+
+
+def _verdict(ok: bool) -> str:
+    return "✅ pass" if ok else "❌ FAIL"
+
+
+def plot_gradcheck(report: dict, path) -> None:
+    """Every check's error against its tolerance, log scale: points under the line pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checks = report["checks"]
+    functions = list(dict.fromkeys(c["function"] for c in checks))
+    floor = 1e-12
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    markers = {"autodiff": "o", "finite_difference": "^", "referee": "s"}
+    colors = {"float64": "tab:blue", "float32": "tab:orange"}
+    for (oracle, dtype), group in _group(checks, ("oracle", "dtype")).items():
+        xs, ys = [], []
+        for c in group:
+            i = functions.index(c["function"])
+            jitter = (hash_index(c) % 41 - 20) / 60
+            ratio = c["max_rel_err"] / c["tolerance"] if c["tolerance"] > 0 else 0.0
+            xs.append(i + jitter)
+            ys.append(max(ratio, floor) if math.isfinite(ratio) else 1e6)
+        ax.scatter(xs, ys, s=10, alpha=0.6, marker=markers.get(oracle, "o"),
+                   color=colors.get(dtype, "gray"), label=f"{oracle}, {dtype}")
+    ax.axhline(1.0, color="red", lw=1)
+    ax.text(len(functions) - 0.5, 1.3, "fails above this line", color="red", ha="right",
+            fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 2, 1e3)
+    ax.set_xticks(range(len(functions)), functions, rotation=20, fontsize=8)
+    ax.set_ylabel("error / tolerance (exact or < 1e-12: bottom)")
+    ax.set_title(f"handgrad check, seed {report['seed']}: {len(checks)} checks")
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def hash_index(c: dict) -> int:
+    """A deterministic small integer per check (for jitter; Python's hash is salted)."""
+    key = f"{c['function']}{c['case']}{c['parameter']}{c['oracle']}"
+    return sum(ord(ch) * (i + 1) for i, ch in enumerate(key))
+
+
+def _group(rows, keys):
+    groups: dict = collections.OrderedDict()
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
+def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
+    checks, ledger = report["checks"], report["ledger"]
+    n_fail = sum(not c["passed"] for c in checks)
+    l_fail = sum(not e["passed"] for e in ledger)
+    v = report["versions"]
+    lines = [
+        "# handgrad check",
+        "",
+        f"**{_verdict(report['passed'])}** — {len(checks) - n_fail}/{len(checks)} checks and "
+        f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold (seed {report['seed']}).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v[k]}" for k in v) + ".",
+        "",
+        "Errors are norm-wise relative: the largest |hand − oracle| over the leaf, divided by"
+        " the leaf's natural scale (see `jax_ref/tolerances.py`). Oracles: `autodiff`"
+        " (`jax.grad` of the referee), `referee` (forward values from `jax.nn`),"
+        " `finite_difference` (float64 central differences along random directions).",
+        "",
+        f"![error against tolerance]({png_name})",
+        "",
+    ]
+    for function, rows in _group(checks, ("function",)).items():
+        lines += [f"## `{function[0]}`", "",
+                  "| parameter | dtype | oracle | checks | passed | worst rel err | tolerance |"
+                  " worst case |",
+                  "|---|---|---|---:|---:|---:|---:|---|"]
+        for (param, dtype, oracle), g in _group(rows, ("parameter", "dtype", "oracle")).items():
+            worst = max(g, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"]
+                        else 0.0)
+            passed = sum(c["passed"] for c in g)
+            lines.append(f"| {param} | {dtype} | {oracle} | {len(g)} | {passed} | "
+                         f"{_fmt(worst['max_rel_err'])} | {_fmt(worst['tolerance'])} | "
+                         f"{worst['case']} |")
+        lines.append("")
+    lines += [
+        "## The derivation ledger",
+        "",
+        "Each step of the seed, evaluated in float64 on random inputs: its error against"
+        " autodiff, against the previous step of its chain, its shape against the seed's"
+        " shape line, and whether it stays finite at logits ~1e4.",
+        "",
+        "| chain | step | equation | shape | vs autodiff | vs previous | finite at 1e4 |"
+        " verdict |",
+        "|---|---|---|---|---:|---:|---|---|",
+    ]
+    for e in ledger:
+        shape = f"{e['shape']}" + ("" if e["shape_ok"] else f" ≠ {tuple(e['actual_shape'])}")
+        lines.append(
+            f"| {e['chain']} | {e['step']} | {e['equation']} | {shape} | {_fmt(e['rel_err'])} |"
+            f" {_fmt(e['vs_previous'])} | {'yes' if e['extreme_finite'] else '**no** (NaN/inf)'}"
+            f" | {_verdict(e['passed'])} |"
+        )
+    unstable = [e for e in ledger if not e["extreme_finite"]]
+    if unstable:
+        lines += ["", "Forms that are exact mathematics but break at extreme logits: " +
+                  ", ".join(f"`{e['chain']}: {e['step']}`" for e in unstable) +
+                  ". That is why handgrad implements the final forms."]
+    return "\n".join(lines) + "\n"
+
+
+def mutants_markdown(report: dict) -> str:
+    props = list(report["properties"])
+    lines = [
+        "# handgrad mutants",
+        "",
+        f"**{report['killed']}/{report['total']} mutants killed** "
+        f"({_verdict(report['killed'] == report['total'])}; a survivor is a hole in the tests).",
+        "",
+        "Each mutant is a plausible mistake in deriving the seed's gradients; each column a"
+        " property the test suite checks. ✗ = that property kills the mutant.",
+        "",
+        "| mutant | mistake | revealed by | " + " | ".join(props) + " |",
+        "|---|---|---|" + "---|" * len(props),
+    ]
+    for m in report["mutants"]:
+        cells = ["✗" if p in m["killed_by"] else "" for p in props]
+        lines.append(f"| `{m['name']}` | {m['description']} | {m['reveals']} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "First killing case per mutant:", ""]
+    for m in report["mutants"]:
+        first = m["first_kill"] or "survived"
+        lines.append(f"- `{m['name']}`: {first}")
+    return "\n".join(lines) + "\n"
