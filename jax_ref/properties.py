@@ -156,7 +156,8 @@ def finite_differences(impl, case: MLPCase) -> None:
     p, X, y, reg = case
     _, grads = impl.mlp_grads(p, X, y, reg)
     results = check_gradients(ref.mlp_loss, lambda *_: grads, p, X, y, reg,
-                              oracles=("finite_difference",), directions=2)
+                              oracles=("finite_difference",), directions=2,
+                              scales=mlp_scales(p, X, y, reg)["grads"])
     bad = [r.describe() for r in results if not r.passed]
     if bad:
         raise AssertionError("finite differences disagree: " + "; ".join(bad))

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 
 import handgrad as hg
-from handgrad import _validate as v
 import jax_ref.reference as ref
+from handgrad import _validate as v
 from jax_ref.cases import sweep
 from jax_ref.check import CheckResult, _compare, check_gradients
 from jax_ref.ledger import run_ledger
@@ -69,7 +69,8 @@ def _logits_checks(case, tag):
     rows = [_row(f, tag, _compare(p, o, got, w, dt, tol, scale=s[f]))
             for (f, p, o), got, w in zip(_LOGITS, hand, want)]
     fd = check_gradients(ref.cross_entropy, lambda *_: hand[3], z, y,
-                         oracles=("finite_difference",), directions=2)
+                         oracles=("finite_difference",), directions=2,
+                         scales=s["cross_entropy_grad"])
     rows += [_row("cross_entropy_grad", tag, r._replace_param("z")) for r in fd]
     return rows
 
@@ -96,7 +97,7 @@ def _mlp_checks(case, tag):
     rows += [_row("mlp_grads", tag, _compare(name, "autodiff", a, b, dt, tol, scale=sc))
              for name, a, b, sc in zip(g._fields, g, w, s["grads"])]
     results = check_gradients(ref.mlp_loss, lambda *_: g, p, X, y, reg,
-                              oracles=("finite_difference",), directions=2)
+                              oracles=("finite_difference",), directions=2, scales=s["grads"])
     return rows + [_row("mlp_grads", tag, r) for r in results]
 
 

@@ -1,0 +1,307 @@
+"""`handgrad train`: train the seed's MLP on hand-derived gradients, and with `--grad both`
+prove it trains as autodiff does, in the way that survives chaotic dynamics:
+
+(a) `max_step_grad_diff`: at every step of the autodiff run, the hand gradient evaluated at
+    the same parameters and batch; the largest relative disagreement over the whole run.
+(b) `param_diff` per epoch between the hand and the autodiff run, beside `control_diff`:
+    two autodiff runs whose initial parameters differ by a relative 1e-12 (one float32 ulp
+    in float32, where 1e-12 is not representable). Rounding differences grow with the
+    dynamics either way; the control shows how fast they grow with no gradient error.
+(c) the final accuracies agree within one point.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEFAULTS", "add_parser", "run"]
+
+# Per-dataset defaults that train well (measured: spiral 99% train, digits 97.8% test).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "spiral": dict(hidden=100, epochs=300, batch_size=30, lr=0.1, momentum=0.9, reg=1e-4),
+    "digits": dict(hidden=128, epochs=40, batch_size=32, lr=0.05, momentum=0.9, reg=1e-3),
+    "npz": dict(hidden=100, epochs=50, batch_size=32, lr=0.05, momentum=0.9, reg=1e-4),
+}
+# (a)'s limit: the tolerance table's float64 value. float32 is measured and stated only:
+# near convergence a - onehot cancels and its rounding is large against the gradient.
+STEP_AGREEMENT = {"float64": 1e-10, "float32": None}
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train the MLP on hand gradients (and autodiff); write "
+                       "training.json/.md and loss_curves.png")
+    t.add_argument("--dataset", default="spiral", help="spiral, digits or PATH.npz")
+    t.add_argument("--hidden", type=int, help="hidden units H")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--lr-decay", type=float, default=1.0, help="lr per epoch *= this")
+    t.add_argument("--reg", type=float)
+    t.add_argument("--grad", choices=["hand", "autodiff", "both"], default="both")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--devices", type=int, default=1, help="shard each batch over N devices")
+    t.add_argument("--out", default="reports", help="report directory (default reports/)")
+    t.add_argument("--json", dest="json_path", help="also write training.json to this path")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _bad_usage(message: str) -> int:
+    print(f"handgrad train: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if args.devices > 1 and hasattr(jax.config, "jax_num_cpu_devices"):
+        # on a CPU-only machine, let the host stand in for N devices (before first use)
+        try:
+            jax.config.update("jax_num_cpu_devices", args.devices)
+        except RuntimeError:  # backend already initialised: keep what it has
+            pass
+    from handgrad.datasets import load
+
+    kind = args.dataset if args.dataset in ("spiral", "digits") else "npz"
+    hp = {k: getattr(args, k) if getattr(args, k) is not None else v
+          for k, v in DEFAULTS[kind].items()}
+    for k in ("hidden", "epochs", "batch_size"):
+        if hp[k] < 1:
+            return _bad_usage(f"--{k.replace('_', '-')} must be >= 1; got {hp[k]}")
+    if args.devices < 1:
+        return _bad_usage(f"--devices must be >= 1; got {args.devices}")
+    try:
+        ds = load(args.dataset, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        return _bad_usage(str(e))
+    except RuntimeError as e:  # a missing optional dependency
+        print(f"handgrad train: {e}", file=sys.stderr)
+        return 2
+    try:
+        report = train_report(ds, hp, args)
+    except ValueError as e:
+        return _bad_usage(str(e))
+    from jax_ref.report import to_json, write_files
+
+    text = to_json(report)
+    files = {"training.json": text, "training.md": training_markdown(report),
+             "loss_curves.png": lambda path: plot_training(report, path)}
+    written = write_files(args.out, files)
+    if args.json_path:
+        from pathlib import Path
+
+        p = Path(args.json_path)
+        written += write_files(p.parent if str(p.parent) else ".", {p.name: text})
+    _print_summary(report)
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0 if report["agreement"]["passed"] else 1
+
+
+def train_report(ds, hp: dict, args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import handgrad as hg
+    import jax_ref
+    from handgrad.train import TrainConfig, fit
+
+    dtype = {"float32": np.float32, "float64": np.float64}[args.dtype]
+    X, X_test = ds.X.astype(dtype), None if ds.X_test is None else ds.X_test.astype(dtype)
+    C = int(max(ds.y.max(), -1 if ds.y_test is None else ds.y_test.max())) + 1
+    cfg = TrainConfig(hp["epochs"], hp["batch_size"], hp["lr"], hp["momentum"], args.lr_decay,
+                      hp["reg"])
+    key = jax.random.PRNGKey(args.seed)
+    init_key, data_key = jax.random.split(key)
+    params = hg.init_params(init_key, X.shape[1], hp["hidden"], C, dtype=dtype)
+    common = dict(X_test=X_test, y_test=ds.y_test, devices=args.devices)
+
+    def run_one(label, grad_fn, p0, **kw):
+        bar = _progress(label, cfg.epochs, args.quiet)
+        try:
+            return fit(p0, X, ds.y, cfg, data_key, grad_fn=grad_fn, on_epoch=bar, **common, **kw)
+        finally:
+            bar.close()
+
+    both = args.grad == "both"
+    runs, hist = {}, {}
+    if args.grad in ("hand", "both"):
+        hist["hand"] = run_one("hand", hg.mlp_grads, params, snapshots=both)
+    if args.grad in ("autodiff", "both"):
+        hist["autodiff"] = run_one("autodiff", jax_ref.mlp_grads, params, snapshots=both,
+                                   probe_fn=hg.mlp_grads if both else None)
+    for name, h in hist.items():
+        runs[name] = {"loss": h.loss, "train_accuracy": h.train_accuracy[-1],
+                      "train_accuracy_per_epoch": h.train_accuracy,
+                      "test_accuracy": h.test_accuracy, "seconds": round(h.seconds, 3)}
+    report: dict[str, Any] = {
+        "dataset": ds.name,
+        "config": {**hp, "lr_decay": args.lr_decay, "dtype": args.dtype, "seed": args.seed,
+                   "grad": args.grad, "N": int(X.shape[0]), "D": int(X.shape[1]), "C": C,
+                   "N_test": None if X_test is None else int(X_test.shape[0])},
+        "runs": runs,
+        "max_step_grad_diff": None,
+        "param_diff": None,
+        "control_diff": None,
+        "devices": args.devices,
+    }
+    agreement: dict[str, Any] = {"passed": True}
+    if both:
+        # the control: autodiff again, from parameters moved by a relative 1e-12 (or 1 ulp)
+        rel = max(1e-12, float(jnp.finfo(dtype).eps))
+        signs = jax.random.rademacher(jax.random.PRNGKey(args.seed + 1), (4,))
+        moved = hg.Params(*(p * (1 + rel * s).astype(dtype) for p, s in zip(params, signs)))
+        control = run_one("control", jax_ref.mlp_grads, moved, snapshots=True)
+        ad = hist["autodiff"].snapshots
+        report["max_step_grad_diff"] = hist["autodiff"].max_grad_diff
+        report["param_diff"] = _rel_norms(hist["hand"].snapshots, ad)
+        report["control_diff"] = _rel_norms(control.snapshots, ad)
+        report["control_perturbation"] = rel
+        acc = [(r["test_accuracy"] if r["test_accuracy"] is not None else r["train_accuracy"])
+               for r in (runs["hand"], runs["autodiff"])]
+        limit = STEP_AGREEMENT[args.dtype]
+        agreement = {
+            "step_grad_limit": limit,
+            "step_grads_agree": limit is None or report["max_step_grad_diff"] <= limit,
+            "accuracy_gap": abs(acc[0] - acc[1]),
+            "accuracies_agree": abs(acc[0] - acc[1]) <= 0.01,
+        }
+        agreement["passed"] = agreement["step_grads_agree"] and agreement["accuracies_agree"]
+    report["agreement"] = agreement
+    return report
+
+
+def _rel_norms(a: list[np.ndarray], b: list[np.ndarray]) -> list[float]:
+    return [float(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-300)) for x, y in zip(a, b)]
+
+
+class _NoBar:
+    def __call__(self, *a):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(label: str, epochs: int, quiet: bool):
+    if quiet:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    bar = tqdm(total=epochs, desc=f"{label:9s}", unit="epoch", leave=False, disable=None)
+
+    def update(e, loss, acc):
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
+
+    update.close = bar.close
+    return update
+
+
+def _print_summary(report: dict) -> None:
+    for name, r in report["runs"].items():
+        test = "" if r["test_accuracy"] is None else f", test {r['test_accuracy']:.4f}"
+        print(f"{name:9s} loss {r['loss'][-1]:.4f}, train {r['train_accuracy']:.4f}{test} "
+              f"({r['seconds']:.1f} s)")
+    if report["max_step_grad_diff"] is not None:
+        a = report["agreement"]
+        limit = a["step_grad_limit"]
+        print(f"max step gradient disagreement {report['max_step_grad_diff']:.3g} "
+              f"({'measured' if limit is None else f'limit {limit:g}'}); final param diff "
+              f"{report['param_diff'][-1]:.3g} vs control {report['control_diff'][-1]:.3g}; "
+              f"accuracy gap {a['accuracy_gap']:.4f}: {'PASSED' if a['passed'] else 'FAILED'}")
+
+
+def plot_training(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    both = report["param_diff"] is not None
+    fig, axes = plt.subplots(1, 3 if both else 1, figsize=(13 if both else 5, 3.8), dpi=100)
+    axes = np.atleast_1d(axes)
+    styles = {"hand": dict(color="tab:blue", lw=2.5, alpha=0.6),
+              "autodiff": dict(color="tab:orange", lw=1, ls="--")}
+    for name, r in runs.items():
+        axes[0].plot(range(1, len(r["loss"]) + 1), r["loss"], label=name, **styles[name])
+    axes[0].set(xlabel="epoch", ylabel="mean minibatch loss", yscale="log",
+                title=f"{report['dataset']}: loss")
+    axes[0].legend()
+    if both:
+        for name, r in runs.items():
+            acc = r["train_accuracy_per_epoch"]
+            axes[1].plot(range(1, len(acc) + 1), acc, label=f"{name} (train)", **styles[name])
+            if r["test_accuracy"] is not None:
+                axes[1].axhline(r["test_accuracy"], label=f"{name}: final test", lw=1,
+                                color=styles[name]["color"], ls=":")
+        axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0.5, 1.005))
+        axes[1].legend(fontsize=8, loc="lower right")
+        e = range(1, len(report["param_diff"]) + 1)
+        floor = 1e-18
+        axes[2].plot(e, np.maximum(report["param_diff"], floor), label="hand vs autodiff")
+        axes[2].plot(e, np.maximum(report["control_diff"], floor), ls="--",
+                     label=f"control: autodiff, start moved {report['control_perturbation']:.0e}")
+        axes[2].set(xlabel="epoch", ylabel="relative parameter difference", yscale="log",
+                    title="divergence: gradients vs dynamics")
+        axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.3g}" if math.isfinite(x) else str(x)
+    return str(x)
+
+
+def training_markdown(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        f"# handgrad train: {report['dataset']}",
+        "",
+        f"Two-layer ReLU MLP, (N, D, H, C) = ({cfg['N']}, {cfg['D']}, {cfg['hidden']}, "
+        f"{cfg['C']}), {cfg['dtype']}, minibatch SGD: {cfg['epochs']} epochs, batch "
+        f"{cfg['batch_size']}, lr {cfg['lr']}, momentum {cfg['momentum']}, lr decay "
+        f"{cfg['lr_decay']}, reg {cfg['reg']}, seed {cfg['seed']}, {report['devices']} "
+        f"device(s). Each epoch is one jitted `lax.scan`.",
+        "",
+        "| gradients | final loss | train accuracy | test accuracy | seconds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in report["runs"].items():
+        lines.append(f"| {name} | {r['loss'][-1]:.4f} | {r['train_accuracy']:.4f} | "
+                     f"{_fmt(r['test_accuracy'])} | {r['seconds']:.2f} |")
+    lines += ["", "![loss curves](loss_curves.png)", ""]
+    if report["max_step_grad_diff"] is not None:
+        a = report["agreement"]
+        pd, cd = report["param_diff"], report["control_diff"]
+        lines += [
+            f"## Hand vs autodiff: {'✅ agree' if a['passed'] else '❌ DISAGREE'}",
+            "",
+            f"- **(a) every step:** at each of the autodiff run's steps the hand gradient, "
+            f"evaluated at the same parameters and batch, differs by at most "
+            f"**{report['max_step_grad_diff']:.3g}** (relative, worst leaf; "
+            + (f"limit {a['step_grad_limit']:g})." if a["step_grad_limit"] is not None else
+               "float32: measured, not gated; near convergence a − onehot cancels and its "
+               "rounding is large against the gradient)."),
+            f"- **(b) trajectories:** the relative parameter difference between the hand and "
+            f"autodiff runs goes {pd[0]:.3g} → {pd[-1]:.3g} (first → last epoch); the "
+            f"control, two autodiff runs started {report['control_perturbation']:.0e} apart, "
+            f"goes {cd[0]:.3g} → {cd[-1]:.3g}. The dynamics amplify any rounding difference: "
+            f"compare the two curves (right panel) to see the growth is the dynamics' own.",
+            f"- **(c) accuracy:** the final accuracies differ by {a['accuracy_gap']:.4f} "
+            f"(limit 0.01).",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+"""The training loop (handgrad/train.py), datasets and `handgrad train`."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import handgrad as hg
+import jax_ref
+from handgrad.cli import main
+from handgrad.datasets import load_npz, spiral
+from handgrad.train import TrainConfig, fit
+
+DS = spiral()
+
+
+def _fit(dtype=np.float32, **kw):
+    params = hg.init_params(jax.random.PRNGKey(0), 2, 100, 3, dtype=dtype)
+    cfg = TrainConfig(**{**dict(epochs=300, batch_size=30, lr=0.1, momentum=0.9,
+                                reg=1e-4), **kw.pop("cfg", {})})
+    return fit(params, DS.X.astype(dtype), DS.y, cfg, jax.random.PRNGKey(1), **kw)
+
+
+def test_spiral_trains_to_98_percent_and_is_deterministic():
+    a, b = _fit(), _fit()
+    assert a.train_accuracy[-1] >= 0.98
+    for p, q in zip(a.params, b.params):
+        np.testing.assert_array_equal(p, q)
+    assert a.loss == b.loss
+
+
+def test_hand_gradient_matches_autodiff_at_every_step_float64():
+    h = _fit(np.float64, grad_fn=jax_ref.mlp_grads, probe_fn=hg.mlp_grads,
+             cfg=dict(epochs=30))
+    assert h.max_grad_diff <= 1e-10
+
+
+def test_a_wrong_gradient_is_seen_along_the_run():
+    def wrong(p, X, y, reg):
+        loss, g = hg.mlp_grads(p, X, y, reg)
+        return loss, g._replace(b2=2 * g.b2)
+
+    h = _fit(np.float64, grad_fn=jax_ref.mlp_grads, probe_fn=wrong, cfg=dict(epochs=2))
+    assert h.max_grad_diff > 0.1
+
+
+def test_bad_training_arguments():
+    with pytest.raises(ValueError, match="momentum in \\[0, 1\\)"):
+        _fit(cfg=dict(epochs=1, momentum=1.5))
+    with pytest.raises(ValueError, match="y must hold labels in \\[0, C\\) = \\[0, 3\\)"):
+        params = hg.init_params(jax.random.PRNGKey(0), 2, 4, 3)
+        fit(params, DS.X.astype(np.float32), DS.y + 1, TrainConfig(epochs=1),
+            jax.random.PRNGKey(0))
+
+
+def test_four_devices_equal_one_device():
+    """Runs in a subprocess: the host must be split into 4 devices before JAX starts."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        import handgrad as hg
+        from handgrad.datasets import spiral
+        from handgrad.train import TrainConfig, fit
+        assert len(jax.devices()) == 4, jax.devices()
+        ds = spiral()
+        p = hg.init_params(jax.random.PRNGKey(0), 2, 16, 3, dtype=np.float64)
+        cfg = TrainConfig(epochs=5, batch_size=32, lr=0.1, momentum=0.9, reg=1e-4)
+        runs = [fit(p, ds.X, ds.y, cfg, jax.random.PRNGKey(1), devices=n) for n in (1, 4)]
+        for a, b in zip(runs[0].params, runs[1].params):
+            a, b = np.asarray(a), np.asarray(b)
+            assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a)), np.max(np.abs(a - b))
+        print("equal", runs[1].train_accuracy[-1])
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "equal" in out.stdout
+
+
+def test_batch_must_split_over_devices():
+    with pytest.raises(ValueError, match="devices must be <= the 1 available"):
+        _fit(cfg=dict(epochs=1), devices=4)
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_loading_and_its_errors(tmp_path):
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    ds = load_npz(_npz(tmp_path, X=X, y=y))
+    assert ds.X.shape == (6, 3) and ds.y.dtype == np.int32
+    cases = [
+        (dict(X=X), r"missing key\(s\) \['y'\]"),
+        (dict(X=X[0], y=y), r"X must be \(N, D\), a 2-D array; got shape \(3,\)"),
+        (dict(X=X, y=y[:5]), r"y must be \(N,\) = \(6,\) to match X \(N, D\) = \(6, 3\)"),
+        (dict(X=X, y=y.astype(float)), "y must hold integer class labels"),
+        (dict(X=X, y=np.array([0, 1, 3, 0, 1, 3])), r"labels 0..C-1 \(C = 4\).*absent \[2\]"),
+        (dict(X=X, y=y - 1), "got min -1"),
+        (dict(X=np.where(X > 1, np.nan, X), y=y), "X must be finite; got nan"),
+    ]
+    for arrays, match in cases:
+        with pytest.raises(ValueError, match=match):
+            load_npz(_npz(tmp_path, **arrays))
+    path = tmp_path / "pickled.npz"
+    np.savez(path, X=np.array([object()], dtype=object), y=y)
+    with pytest.raises(ValueError, match="without pickle"):
+        load_npz(path)
+
+
+def test_train_command_writes_the_report(tmp_path):
+    out = tmp_path / "r"
+    rc = main(["train", "--dataset", "spiral", "--epochs", "3", "--grad", "both", "--quiet",
+               "--dtype", "float64", "--out", str(out), "--json", str(tmp_path / "t.json")])
+    assert rc == 0
+    report = json.loads((out / "training.json").read_text())
+    assert report == json.loads((tmp_path / "t.json").read_text())
+    assert {"dataset", "config", "runs", "max_step_grad_diff", "param_diff", "control_diff",
+            "devices"} <= set(report)
+    assert set(report["runs"]) == {"hand", "autodiff"}
+    assert len(report["runs"]["hand"]["loss"]) == 3 == len(report["param_diff"])
+    assert report["max_step_grad_diff"] <= 1e-10
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    assert "Hand vs autodiff: ✅ agree" in (out / "training.md").read_text()
+
+
+def test_train_command_bad_usage(tmp_path, capsys):
+    assert main(["train", "--dataset", "nope", "--out", str(tmp_path)]) == 2
+    assert "spiral, digits or a PATH.npz" in capsys.readouterr().err
+    assert main(["train", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert main(["train", "--dataset", str(tmp_path / "missing.npz")]) == 2
