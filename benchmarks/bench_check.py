@@ -40,7 +40,7 @@ def main() -> None:
 
         def f32(p, X, y):
             loss, g = grads(p, X, y)
-            return loss, jax.tree.map(lambda t: t.astype(jnp.float32).astype(jnp.float64), g)
+            return loss, jax.tree.map(lambda a: a.astype(jnp.float32).astype(jnp.float64), g)
 
         bad = jax_ref.check_gradients(jax_ref.mlp_loss, f32, params, X, y, returns_loss=True)
         print("  float32-rounded gradient, failing leaves:",

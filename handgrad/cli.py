@@ -1,4 +1,4 @@
-"""The `handgrad` command: check, mutants (and train).
+"""The `handgrad` command: check, mutants, train.
 
 Exit codes: 0 success, 1 a check failed (or a mutant survived), 2 bad usage.
 """
@@ -51,10 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub) -> None:
-    try:
-        from handgrad.train_cli import add_parser
-    except ImportError:  # the training command is optional
-        return
+    from handgrad.train_cli import add_parser
+
     add_parser(sub)
 
 

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     t.add_argument("--momentum", type=float)
     t.add_argument("--lr-decay", type=float, default=1.0, help="lr per epoch *= this")
     t.add_argument("--reg", type=float)
-    t.add_argument("--grad", choices=["hand", "autodiff", "both"], default="both")
+    t.add_argument("--grad", dest="gradients", choices=["hand", "autodiff", "both"],
+                   default="both")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--devices", type=int, default=1, help="shard each batch over N devices")
@@ -128,11 +129,11 @@ def train_report(ds, hp: dict, args) -> dict:
         finally:
             bar.close()
 
-    both = args.grad == "both"
+    both = args.gradients == "both"
     runs, hist = {}, {}
-    if args.grad in ("hand", "both"):
+    if args.gradients in ("hand", "both"):
         hist["hand"] = run_one("hand", hg.mlp_grads, params, snapshots=both)
-    if args.grad in ("autodiff", "both"):
+    if args.gradients in ("autodiff", "both"):
         hist["autodiff"] = run_one("autodiff", jax_ref.mlp_grads, params, snapshots=both,
                                    probe_fn=hg.mlp_grads if both else None)
     for name, h in hist.items():
@@ -142,7 +143,7 @@ def train_report(ds, hp: dict, args) -> dict:
     report: dict[str, Any] = {
         "dataset": ds.name,
         "config": {**hp, "lr_decay": args.lr_decay, "dtype": args.dtype, "seed": args.seed,
-                   "grad": args.grad, "N": int(X.shape[0]), "D": int(X.shape[1]), "C": C,
+                   "grad": args.gradients, "N": int(X.shape[0]), "D": int(X.shape[1]), "C": C,
                    "N_test": None if X_test is None else int(X_test.shape[0])},
         "runs": runs,
         "max_step_grad_diff": None,

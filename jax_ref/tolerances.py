@@ -55,7 +55,8 @@ def rel_error(got, want, scale: float = 0.0) -> tuple[float, float, tuple[int, .
     error at its index: a non-finite gradient never passes."""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
-    diff = np.abs(got - want)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled just below
+        diff = np.abs(got - want)
     both_nan = np.isnan(got) & np.isnan(want)
     diff = np.where(both_nan, 0.0, np.where(np.isfinite(diff), diff, np.inf))
     if diff.size == 0:

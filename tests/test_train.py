@@ -138,3 +138,25 @@ def test_train_command_bad_usage(tmp_path, capsys):
     assert "spiral, digits or a PATH.npz" in capsys.readouterr().err
     assert main(["train", "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert main(["train", "--dataset", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_digits_reaches_97_percent_test_accuracy():
+    pytest.importorskip("sklearn")
+    from handgrad.datasets import digits
+
+    ds = digits()
+    assert ds.X.shape[1] == 64 and ds.X_test is not None
+    params = hg.init_params(jax.random.PRNGKey(0), 64, 128, 10)
+    cfg = TrainConfig(epochs=40, batch_size=32, lr=0.05, momentum=0.9, reg=1e-3)
+    h = fit(params, ds.X.astype(np.float32), ds.y, cfg, jax.random.PRNGKey(1),
+            X_test=ds.X_test.astype(np.float32), y_test=ds.y_test)
+    assert h.test_accuracy >= 0.97
+
+
+def test_digits_without_scikit_learn_says_so(monkeypatch):
+    from handgrad.datasets import digits
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'handgrad\[datasets\]'"):
+        digits()
