@@ -89,7 +89,7 @@ def _leaf_name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".") or "value"
 
 
-def _split_grad_output(out, params, returns_loss: bool):
+def _split_grad_output(out, returns_loss: bool):
     if returns_loss:
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError(
@@ -328,7 +328,7 @@ def check_gradients(
         raise ValueError(f"oracles must be among {ORACLES}; got {sorted(unknown)}")
     if not callable(loss_fn) or not callable(grad_fn):
         raise ValueError("loss_fn and grad_fn must be callables (params, *args)")
-    value, grads = _split_grad_output(grad_fn(params, *args), params, returns_loss)
+    value, grads = _split_grad_output(grad_fn(params, *args), returns_loss)
     _check_tree(grads, params)
     results: list[CheckResult] = []
     if "autodiff" in oracles:

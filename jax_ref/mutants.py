@@ -84,6 +84,10 @@ def build(**swaps) -> SimpleNamespace:
         y = v.check_labels(y, X.shape[0], params[2].shape[1], against="X")
         return Params(*params), X, y, v.reg_or_nan(v.check_reg(reg, X.dtype))
 
+    def checked_forward(params, X):
+        params, X = v.check_mlp(params, X)
+        return Params(*params), X
+
     def forward(p, X):
         z1 = layers.affine_forward(X, p.W1, p.b1)[0]
         a1 = layers.relu_forward(z1)[0]
@@ -116,8 +120,7 @@ def build(**swaps) -> SimpleNamespace:
         softmax_jacobian=lambda z: P.jacobian(P.softmax_fwd(v.check_logits(z))[0]),
         cross_entropy=lambda z, y: ce(z, y)[0],
         cross_entropy_grad=lambda z, y: P.ce_backward(ce(z, y)[1]),
-        mlp_forward=lambda params, X: forward(Params(*v.check_mlp(params, X)[0]),
-                                              v.check_mlp(params, X)[1])[2],
+        mlp_forward=lambda params, X: forward(*checked_forward(params, X))[2],
         mlp_loss=mlp_loss,
         mlp_grads=mlp_grads,
     )

@@ -91,7 +91,7 @@ def plot_gradcheck(report: dict, path) -> None:
         xs, ys = [], []
         for c in group:
             i = functions.index(c["function"])
-            jitter = (hash_index(c) % 41 - 20) / 60
+            jitter = (_jitter_seed(c) % 41 - 20) / 60
             ratio = c["max_rel_err"] / c["tolerance"] if c["tolerance"] > 0 else 0.0
             xs.append(i + jitter)
             ys.append(max(ratio, floor) if math.isfinite(ratio) else 1e6)
@@ -111,7 +111,7 @@ def plot_gradcheck(report: dict, path) -> None:
     plt.close(fig)
 
 
-def hash_index(c: dict) -> int:
+def _jitter_seed(c: dict) -> int:
     """A deterministic small integer per check (for jitter; Python's hash is salted)."""
     key = f"{c['function']}{c['case']}{c['parameter']}{c['oracle']}"
     return sum(ord(ch) * (i + 1) for i, ch in enumerate(key))
