@@ -80,19 +80,19 @@ class SoftmaxCECache(NamedTuple):
 
 
 def softmax_ce_forward(z, y, valid):
-    """L = 1/N Σ_i L_i,   L_i = -log a_{i, y_i}   () from (N, C), (N,)
-    A row whose label is out of range (valid False) makes L NaN."""
+    """L = 1/N Σ_i L_i,   L_i = -Σ_j 1[j = y_i] log a_ij = -log a_{i, y_i}   () from (N, C), (N,)
+
+    A row whose label is out of range (valid False) gets a NaN indicator row, so its L_i,
+    L and its row of ∂L/∂z come out NaN through the seed's own formulas."""
     N, C = z.shape
     a, logp = softmax_forward(z)
-    onehot = (jnp.arange(C) == y[:, None]).astype(z.dtype)
+    onehot = jnp.where(valid[:, None], (jnp.arange(C) == y[:, None]).astype(z.dtype), jnp.nan)
     L_i = -(onehot * logp).sum(axis=1)
-    L_i = jnp.where(valid, L_i, jnp.nan)
     return L_i.sum() / N, SoftmaxCECache(a, onehot, valid)
 
 
 def softmax_ce_backward(cache: SoftmaxCECache):
     """∂L/∂z_ik = (a_ik - 1[k = y_i]) / N   (N, C)
-    A row whose label is out of range is NaN."""
-    a, onehot, valid = cache
-    dz = (a - onehot) / a.shape[0]
-    return jnp.where(valid[:, None], dz, jnp.nan)
+    A row whose label is out of range is NaN (its indicator row is)."""
+    a, onehot, _ = cache
+    return (a - onehot) / a.shape[0]

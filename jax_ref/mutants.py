@@ -36,8 +36,8 @@ def _jacobian(a):
 def _ce_forward(z, y, valid, softmax_fwd):
     N, C = z.shape
     a, logp = softmax_fwd(z)
-    onehot = (jnp.arange(C) == y[:, None]).astype(z.dtype)
-    L_i = jnp.where(valid, -(onehot * logp).sum(axis=1), jnp.nan)
+    onehot = jnp.where(valid[:, None], (jnp.arange(C) == y[:, None]).astype(z.dtype), jnp.nan)
+    L_i = -(onehot * logp).sum(axis=1)
     return L_i.sum() / N, layers.SoftmaxCECache(a, onehot, valid)
 
 
@@ -131,8 +131,8 @@ def build(**swaps) -> SimpleNamespace:
 
 def _ce_backward(f):
     def backward(cache):
-        a, onehot, valid = cache
-        return jnp.where(valid[:, None], f(a, onehot, a.shape[0]), jnp.nan)
+        a, onehot, _ = cache  # an invalid label's indicator row is NaN already
+        return f(a, onehot, a.shape[0])
 
     return backward
 
@@ -155,9 +155,8 @@ def _softmax_numpy_exp(z):
 
 def _via_one_over_a(cache):
     # the seed's middle line taken literally: -Σ_j 1[j=y_i] (1/a_ij) ∂a_ij/∂z_ik, / N
-    a, onehot, valid = cache
-    dz = -jnp.einsum("ij,ijk->ik", onehot / a, _jacobian(a)) / a.shape[0]
-    return jnp.where(valid[:, None], dz, jnp.nan)
+    a, onehot, _ = cache
+    return -jnp.einsum("ij,ijk->ik", onehot / a, _jacobian(a)) / a.shape[0]
 
 
 def _db_wrong_axis(dz, cache):
