@@ -90,11 +90,11 @@ def _check(args) -> int:
 
 
 def _print_check_table(report: dict) -> None:
-    from jax_ref.report import _group
+    from jax_ref.report import group_by
 
     print(f"{'function':20s} {'oracle':18s} {'dtype':8s} {'checks':>6s} {'failed':>6s} "
           f"{'worst err/tol':>13s}")
-    for (f, o, d), g in _group(report["checks"], ("function", "oracle", "dtype")).items():
+    for (f, o, d), g in group_by(report["checks"], ("function", "oracle", "dtype")).items():
         worst = max((c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0) for c in g)
         failed = sum(not c["passed"] for c in g)
         print(f"{f:20s} {o:18s} {d:8s} {len(g):6d} {failed:6d} {worst:13.2e}")

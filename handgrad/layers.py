@@ -19,6 +19,7 @@ __all__ = [
     "SoftmaxCECache",
     "affine_backward",
     "affine_forward",
+    "ce_forward",
     "relu_backward",
     "relu_forward",
     "softmax_ce_backward",
@@ -75,24 +76,27 @@ def softmax_forward(z):
 
 class SoftmaxCECache(NamedTuple):
     a: jax.Array  # (N, C) softmax probabilities
-    onehot: jax.Array  # (N, C) 1[k = y_i]
-    valid: jax.Array  # (N,) 1[0 <= y_i < C]
+    onehot: jax.Array  # (N, C) 1[k = y_i]; a NaN row for an out-of-range label
 
 
-def softmax_ce_forward(z, y, valid):
-    """L = 1/N Σ_i L_i,   L_i = -Σ_j 1[j = y_i] log a_ij = -log a_{i, y_i}   () from (N, C), (N,)
+def ce_forward(a, logp, y, valid):
+    """L = 1/N Σ_i L_i,   L_i = -Σ_j 1[j = y_i] log a_ij   () from a, log a (N, C), y (N,)
 
     A row whose label is out of range (valid False) gets a NaN indicator row, so its L_i,
     L and its row of ∂L/∂z come out NaN through the seed's own formulas."""
-    N, C = z.shape
-    a, logp = softmax_forward(z)
-    onehot = jnp.where(valid[:, None], (jnp.arange(C) == y[:, None]).astype(z.dtype), jnp.nan)
+    N, C = a.shape
+    onehot = jnp.where(valid[:, None], (jnp.arange(C) == y[:, None]).astype(a.dtype), jnp.nan)
     L_i = -(onehot * logp).sum(axis=1)
-    return L_i.sum() / N, SoftmaxCECache(a, onehot, valid)
+    return L_i.sum() / N, SoftmaxCECache(a, onehot)
+
+
+def softmax_ce_forward(z, y, valid):
+    """L = 1/N Σ_i -log a_{i, y_i} with a = softmax(z)   () from z (N, C), y (N,)"""
+    return ce_forward(*softmax_forward(z), y, valid)
 
 
 def softmax_ce_backward(cache: SoftmaxCECache):
     """∂L/∂z_ik = (a_ik - 1[k = y_i]) / N   (N, C)
     A row whose label is out of range is NaN (its indicator row is)."""
-    a, onehot, _ = cache
+    a, onehot = cache
     return (a - onehot) / a.shape[0]

@@ -27,14 +27,15 @@ def _ce_core(z, y):
     return softmax_ce_forward(z, y, v.label_mask(y, z.shape[1]))
 
 
+_softmax = jax.jit(lambda z: softmax_forward(z)[0])
+_ce_grad = jax.jit(softmax_ce_backward)
+
+
 def softmax(z) -> jax.Array:
     """a_ij = e^{z_ij} / Σ_{s=1..C} e^{z_is}   (N, C) -> (N, C)
 
     Stable for any finite logits (max-shifted)."""
     return _softmax(v.check_logits(z))
-
-
-_softmax = jax.jit(lambda z: softmax_forward(z)[0])
 
 
 def softmax_jacobian(z) -> jax.Array:
@@ -62,6 +63,3 @@ def cross_entropy_grad(z, y) -> jax.Array:
 
     Under jit an out-of-range label makes its row NaN."""
     return _ce_grad(_ce(z, y)[1])
-
-
-_ce_grad = jax.jit(softmax_ce_backward)

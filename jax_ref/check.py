@@ -33,7 +33,7 @@ import numpy as np
 
 from jax_ref.tolerances import rel_error, tolerance
 
-__all__ = ["ORACLES", "CheckResult", "assert_gradients", "check_gradients"]
+__all__ = ["ORACLES", "CheckResult", "assert_gradients", "check_gradients", "compare"]
 
 ORACLES = ("autodiff", "finite_difference")
 
@@ -71,9 +71,6 @@ class CheckResult:
         d["shape"] = list(self.shape)
         d["worst_index"] = list(self.worst_index)
         return d
-
-    def _replace_param(self, name: str) -> CheckResult:
-        return dataclasses.replace(self, parameter=name)
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
@@ -118,7 +115,8 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckResult:
+def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckResult:
+    """One leaf against one oracle's values, as a CheckResult."""
     max_abs, rel, idx = rel_error(got, want, scale)
     g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return CheckResult(
@@ -337,7 +335,7 @@ def check_gradients(
             raise ValueError(f"loss_fn must return a scalar; got shape {jnp.shape(ref_value)}")
         if value is not None:
             dt = jnp.result_type(value)
-            results.append(_compare("loss", "autodiff", value, ref_value, dt, tolerance(dt),
+            results.append(compare("loss", "autodiff", value, ref_value, dt, tolerance(dt),
                                     scale=loss_scale))
         n = len(jax.tree.leaves(ref))
         leaf_scales = [0.0] * n if scales is None else jax.tree.leaves(scales)
@@ -345,7 +343,7 @@ def check_gradients(
                                     leaf_scales):
             if _is_float(r):
                 dt = jnp.result_type(g) if _is_float(g) else jnp.result_type(r)
-                results.append(_compare(_leaf_name(path), "autodiff", g, r, dt, tolerance(dt),
+                results.append(compare(_leaf_name(path), "autodiff", g, r, dt, tolerance(dt),
                                         scale=float(sc)))
     if "finite_difference" in oracles:
         results += _fd_results(loss_fn, params, grads, args, seed=seed,

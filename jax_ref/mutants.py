@@ -34,11 +34,7 @@ def _jacobian(a):
 
 
 def _ce_forward(z, y, valid, softmax_fwd):
-    N, C = z.shape
-    a, logp = softmax_fwd(z)
-    onehot = jnp.where(valid[:, None], (jnp.arange(C) == y[:, None]).astype(z.dtype), jnp.nan)
-    L_i = -(onehot * logp).sum(axis=1)
-    return L_i.sum() / N, layers.SoftmaxCECache(a, onehot, valid)
+    return layers.ce_forward(*softmax_fwd(z), y, valid)  # with a swappable softmax
 
 
 def _penalty(p, reg):
@@ -131,7 +127,7 @@ def build(**swaps) -> SimpleNamespace:
 
 def _ce_backward(f):
     def backward(cache):
-        a, onehot, _ = cache  # an invalid label's indicator row is NaN already
+        a, onehot = cache  # an invalid label's indicator row is NaN already
         return f(a, onehot, a.shape[0])
 
     return backward
@@ -155,7 +151,7 @@ def _softmax_numpy_exp(z):
 
 def _via_one_over_a(cache):
     # the seed's middle line taken literally: -Σ_j 1[j=y_i] (1/a_ij) ∂a_ij/∂z_ik, / N
-    a, onehot, _ = cache
+    a, onehot = cache
     return -jnp.einsum("ij,ijk->ik", onehot / a, _jacobian(a)) / a.shape[0]
 
 

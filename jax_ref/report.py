@@ -87,7 +87,7 @@ def plot_gradcheck(report: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     markers = {"autodiff": "o", "finite_difference": "^", "referee": "s"}
     colors = {"float64": "tab:blue", "float32": "tab:orange"}
-    for (oracle, dtype), group in _group(checks, ("oracle", "dtype")).items():
+    for (oracle, dtype), group in group_by(checks, ("oracle", "dtype")).items():
         xs, ys = [], []
         for c in group:
             i = functions.index(c["function"])
@@ -117,7 +117,8 @@ def _jitter_seed(c: dict) -> int:
     return sum(ord(ch) * (i + 1) for i, ch in enumerate(key))
 
 
-def _group(rows, keys):
+def group_by(rows, keys) -> dict:
+    """Rows grouped by the tuple of their `keys` values, in first-seen order."""
     groups: dict = collections.OrderedDict()
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -145,12 +146,12 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         f"![error against tolerance]({png_name})",
         "",
     ]
-    for function, rows in _group(checks, ("function",)).items():
+    for function, rows in group_by(checks, ("function",)).items():
         lines += [f"## `{function[0]}`", "",
                   "| parameter | dtype | oracle | checks | passed | worst rel err | tolerance |"
                   " worst case |",
                   "|---|---|---|---:|---:|---:|---:|---|"]
-        for (param, dtype, oracle), g in _group(rows, ("parameter", "dtype", "oracle")).items():
+        for (param, dtype, oracle), g in group_by(rows, ("parameter", "dtype", "oracle")).items():
             worst = max(g, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"]
                         else 0.0)
             passed = sum(c["passed"] for c in g)
