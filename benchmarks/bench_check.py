@@ -31,20 +31,25 @@ def main() -> None:
         times, results = [], None
         for _ in range(4):
             t = time.perf_counter()
-            results = jax_ref.check_gradients(jax_ref.mlp_loss, grads, params, X, y,
-                                              returns_loss=True)
+            results = jax_ref.check_gradients(
+                jax_ref.mlp_loss, grads, params, X, y, returns_loss=True
+            )
             times.append(time.perf_counter() - t)
         ok = all(r.passed for r in results)
-        print(f"{D}-{H}-{C} ({size:,} params): first call {times[0]:.2f} s, then median "
-              f"{statistics.median(times[1:]):.2f} s; all {len(results)} checks pass: {ok}")
+        print(
+            f"{D}-{H}-{C} ({size:,} params): first call {times[0]:.2f} s, then median "
+            f"{statistics.median(times[1:]):.2f} s; all {len(results)} checks pass: {ok}"
+        )
 
         def f32(p, X, y):
             loss, g = grads(p, X, y)
             return loss, jax.tree.map(lambda a: a.astype(jnp.float32).astype(jnp.float64), g)
 
         bad = jax_ref.check_gradients(jax_ref.mlp_loss, f32, params, X, y, returns_loss=True)
-        print("  float32-rounded gradient, failing leaves:",
-              sorted({r.parameter for r in bad if not r.passed}))
+        print(
+            "  float32-rounded gradient, failing leaves:",
+            sorted({r.parameter for r in bad if not r.passed}),
+        )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ def _median_times(fns: dict, args, reps: int, calls: int = 1) -> tuple[dict, dic
             jax.block_until_ready(out)
             times[name].append((time.perf_counter() - t) / calls)
     first = next(iter(times.values()))
-    ratios = {name: statistics.median(a / b for a, b in zip(ts, first))
-              for name, ts in times.items()}
+    ratios = {
+        name: statistics.median(a / b for a, b in zip(ts, first)) for name, ts in times.items()
+    }
     return {name: statistics.median(ts) for name, ts in times.items()}, ratios
 
 
@@ -94,14 +95,23 @@ def bench_steps(reps: int, sizes: dict) -> list[dict]:
     for label, dims in sizes.items():
         args = _problem(*dims)
         calls = max(1, int(2e6 // (dims[0] * dims[1] * dims[2])))  # ~>= 1 ms a sample
-        t, r = _median_times({"hand": _hand, "autodiff": _autodiff, "floor": _floor}, args,
-                             reps, calls)
-        rows.append({"size": label, **{f"{k}_ms": v * 1e3 for k, v in t.items()},
-                     "hand_over_autodiff": 1 / r["autodiff"],
-                     "floor_fraction": r["floor"]})
-        print(f"{label:20s} hand {t['hand'] * 1e3:9.3f} ms  autodiff {t['autodiff'] * 1e3:9.3f} ms"
-              f"  floor {t['floor'] * 1e3:9.3f} ms  hand/autodiff {1 / r['autodiff']:.3f}"
-              f"  floor/hand {r['floor']:.3f}", flush=True)
+        t, r = _median_times(
+            {"hand": _hand, "autodiff": _autodiff, "floor": _floor}, args, reps, calls
+        )
+        rows.append(
+            {
+                "size": label,
+                **{f"{k}_ms": v * 1e3 for k, v in t.items()},
+                "hand_over_autodiff": 1 / r["autodiff"],
+                "floor_fraction": r["floor"],
+            }
+        )
+        print(
+            f"{label:20s} hand {t['hand'] * 1e3:9.3f} ms  autodiff {t['autodiff'] * 1e3:9.3f} ms"
+            f"  floor {t['floor'] * 1e3:9.3f} ms  hand/autodiff {1 / r['autodiff']:.3f}"
+            f"  floor/hand {r['floor']:.3f}",
+            flush=True,
+        )
     return rows
 
 
@@ -152,7 +162,7 @@ def bench_loops(reps: int, epochs: int = 20) -> dict:
         p = p0
         for perm in perms:
             for i in range(0, X.shape[0] - B + 1, B):
-                idx = perm[i:i + B]
+                idx = perm[i : i + B]
                 p = step(p, X[idx], y[idx])
         jax.block_until_ready(p)
 
@@ -163,7 +173,7 @@ def bench_loops(reps: int, epochs: int = 20) -> dict:
         p = pn
         for perm in perms:
             for i in range(0, Xn.shape[0] - B + 1, B):
-                idx = perm[i:i + B]
+                idx = perm[i : i + B]
                 p = _numpy_step(p, Xn[idx], yn[idx], lr, reg)
 
     fns = {"scanned epoch": scanned, "per-step jit loop": per_step, "numpy": numpy_loop}
@@ -178,11 +188,17 @@ def bench_loops(reps: int, epochs: int = 20) -> dict:
     rate = {k: steps / statistics.median(v) for k, v in times.items()}
     for k, r in rate.items():
         print(f"{k:18s} {r:12.0f} steps/s", flush=True)
-    print(f"scanned / per-step = {rate['scanned epoch'] / rate['per-step jit loop']:.1f}x, "
-          f"scanned / numpy = {rate['scanned epoch'] / rate['numpy']:.1f}x", flush=True)
-    return {"steps": steps, "steps_per_second": rate,
-            "scan_over_per_step": rate["scanned epoch"] / rate["per-step jit loop"],
-            "scan_over_numpy": rate["scanned epoch"] / rate["numpy"]}
+    print(
+        f"scanned / per-step = {rate['scanned epoch'] / rate['per-step jit loop']:.1f}x, "
+        f"scanned / numpy = {rate['scanned epoch'] / rate['numpy']:.1f}x",
+        flush=True,
+    )
+    return {
+        "steps": steps,
+        "steps_per_second": rate,
+        "scan_over_per_step": rate["scanned epoch"] / rate["per-step jit loop"],
+        "scan_over_numpy": rate["scanned epoch"] / rate["numpy"],
+    }
 
 
 def machine() -> str:
@@ -193,9 +209,11 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     dev = jax.devices()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
-            f"JAX {jax.__version__} on {dev.platform} ({dev.device_kind}), "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
+        f"JAX {jax.__version__} on {dev.platform} ({dev.device_kind}), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def markdown(steps: list[dict], loops: dict, reps: int) -> str:
@@ -217,9 +235,11 @@ def markdown(steps: list[dict], loops: dict, reps: int) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in steps:
-        lines.append(f"| {r['size']} | {r['hand_ms']:.3f} | {r['autodiff_ms']:.3f} | "
-                     f"{r['floor_ms']:.3f} | {r['hand_over_autodiff']:.3f} | "
-                     f"{r['floor_fraction']:.3f} |")
+        lines.append(
+            f"| {r['size']} | {r['hand_ms']:.3f} | {r['autodiff_ms']:.3f} | "
+            f"{r['floor_ms']:.3f} | {r['hand_over_autodiff']:.3f} | "
+            f"{r['floor_fraction']:.3f} |"
+        )
     rate = loops["steps_per_second"]
     lines += [
         "",

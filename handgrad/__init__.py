@@ -1,12 +1,14 @@
-"""handgrad: the seed's hand-derived gradients as pure jax.numpy, with no autodiff inside.
+"""handgrad: hand-derived gradients as pure jax.numpy, with no autodiff inside.
 
-Letters: N batch, D input features, H hidden units, C classes.
+One module per derivation (`handgrad.softmax_ce`, `handgrad.mlp`, ...): its pieces, its public
+functions and its steps (`CHAINS`). Letters: N batch, D input features, H hidden units,
+C classes.
 """
 
 from handgrad.mlp import Params, init_params, mlp_forward, mlp_grads, mlp_loss
-from handgrad.softmax import cross_entropy, cross_entropy_grad, softmax, softmax_jacobian
+from handgrad.softmax_ce import cross_entropy, cross_entropy_grad, softmax, softmax_jacobian
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Params",

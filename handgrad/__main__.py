@@ -1,7 +1,8 @@
-"""python -m handgrad: the same as the `handgrad` command."""
+"""python -m handgrad: the same as the `handgrad` command (the command line lives in
+`handgrad_cli`, a layer above both `handgrad` and `jax_ref`)."""
 
 import sys
 
-from handgrad.cli import main
+from handgrad_cli import main
 
 sys.exit(main())

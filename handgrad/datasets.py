@@ -24,8 +24,10 @@ def spiral(points_per_class: int = 100, classes: int = 3, seed: int = 0) -> Data
     X, y = [], []
     for j in range(classes):
         r = np.linspace(0.0, 1.0, points_per_class)
-        t = np.linspace(j * 4, (j + 1) * 4, points_per_class) + rng.standard_normal(
-            points_per_class) * 0.2
+        t = (
+            np.linspace(j * 4, (j + 1) * 4, points_per_class)
+            + rng.standard_normal(points_per_class) * 0.2
+        )
         X.append(np.c_[r * np.sin(t), r * np.cos(t)])
         y.append(np.full(points_per_class, j))
     return Dataset("spiral", np.concatenate(X), np.concatenate(y).astype(np.int32), None, None)
@@ -38,15 +40,22 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:
-        raise RuntimeError("the digits dataset needs scikit-learn: "
-                           "pip install 'handgrad[datasets]'") from e
+        raise RuntimeError(
+            "the digits dataset needs scikit-learn: pip install 'handgrad[datasets]'"
+        ) from e
     data = load_digits()
     X_tr, X_te, y_tr, y_te = train_test_split(
-        data.data, data.target, test_size=test_fraction, random_state=seed, stratify=data.target)
+        data.data, data.target, test_size=test_fraction, random_state=seed, stratify=data.target
+    )
     mean, std = X_tr.mean(axis=0), X_tr.std(axis=0)
     std[std == 0] = 1.0  # constant border pixels
-    return Dataset("digits", (X_tr - mean) / std, y_tr.astype(np.int32), (X_te - mean) / std,
-                   y_te.astype(np.int32))
+    return Dataset(
+        "digits",
+        (X_tr - mean) / std,
+        y_tr.astype(np.int32),
+        (X_te - mean) / std,
+        y_te.astype(np.int32),
+    )
 
 
 def _check_xy(X, y, where: str, xname: str, yname: str):
@@ -55,8 +64,10 @@ def _check_xy(X, y, where: str, xname: str, yname: str):
     if y.ndim != 1:
         raise ValueError(f"{where}: {yname} must be (N,), a 1-D array; got shape {y.shape}")
     if X.shape[0] != y.shape[0]:
-        raise ValueError(f"{where}: {yname} must be (N,) = ({X.shape[0]},) to match {xname} "
-                         f"(N, D) = {X.shape}; got {y.shape}")
+        raise ValueError(
+            f"{where}: {yname} must be (N,) = ({X.shape[0]},) to match {xname} "
+            f"(N, D) = {X.shape}; got {y.shape}"
+        )
     if X.shape[0] == 0:
         raise ValueError(f"{where}: {xname} must have at least one row (N >= 1)")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
@@ -79,8 +90,10 @@ def load_npz(path: str | Path) -> Dataset:
     with f:
         missing = [k for k in ("X", "y") if k not in f.files]
         if missing:
-            raise ValueError(f"{path}: missing key(s) {missing}; expected 'X' (N, D) and "
-                             f"'y' (N,); found {sorted(f.files)}")
+            raise ValueError(
+                f"{path}: missing key(s) {missing}; expected 'X' (N, D) and "
+                f"'y' (N,); found {sorted(f.files)}"
+            )
         try:  # arrays load lazily: an object array fails here, not at np.load
             X, y = f["X"], f["y"]
             X_test = f["X_test"] if "X_test" in f.files else None
@@ -92,15 +105,18 @@ def load_npz(path: str | Path) -> Dataset:
     present = np.unique(y)
     if y.min() < 0 or len(present) != C:
         absent = sorted(set(range(C)) - set(present.tolist()))
-        raise ValueError(f"{path}: y must hold the labels 0..C-1 (C = {C}), every class present;"
-                         f" got min {int(y.min())}" + (f", absent {absent[:10]}" if absent else ""))
+        raise ValueError(
+            f"{path}: y must hold the labels 0..C-1 (C = {C}), every class present;"
+            f" got min {int(y.min())}" + (f", absent {absent[:10]}" if absent else "")
+        )
     if (X_test is None) != (y_test is None):
         raise ValueError(f"{path}: give both X_test and y_test, or neither")
     if X_test is not None:
         _check_xy(X_test, y_test, str(path), "X_test", "y_test")
         if X_test.shape[1] != X.shape[1]:
-            raise ValueError(f"{path}: X_test must be (N, D) with D = {X.shape[1]} as X; "
-                             f"got {X_test.shape}")
+            raise ValueError(
+                f"{path}: X_test must be (N, D) with D = {X.shape[1]} as X; got {X_test.shape}"
+            )
         if y_test.min() < 0 or y_test.max() >= C:
             raise ValueError(f"{path}: y_test must hold labels in [0, C) = [0, {C})")
         y_test = y_test.astype(np.int32)

@@ -12,6 +12,7 @@ Nothing in the gradients changes.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handgrad import _validate as v
+from handgrad import validate as v
 from handgrad.mlp import Params, mlp_forward, mlp_grads
 
 __all__ = ["History", "SGDState", "TrainConfig", "accuracy", "fit", "make_epoch", "mesh_for"]
@@ -52,8 +53,10 @@ class History(NamedTuple):
 
 def _rel_diff(a: Params, b: Params):
     """max over leaves of max|a - b| / max|b|: the norm-wise relative disagreement."""
-    per = [jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(y)), jnp.finfo(y.dtype).tiny)
-           for x, y in zip(a, b)]
+    per = [
+        jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(y)), jnp.finfo(y.dtype).tiny)
+        for x, y in zip(a, b)
+    ]
     return jnp.max(jnp.stack(per))
 
 
@@ -61,11 +64,14 @@ def mesh_for(devices: int):
     """A 1-D mesh named 'batch' over the first `devices` devices."""
     available = jax.devices()
     if devices > len(available):
-        raise ValueError(f"devices must be <= the {len(available)} available "
-                         f"({available[0].platform}); got {devices}")
+        raise ValueError(
+            f"devices must be <= the {len(available)} available "
+            f"({available[0].platform}); got {devices}"
+        )
     return jax.sharding.Mesh(np.array(available[:devices]), ("batch",))
 
 
+@functools.lru_cache(maxsize=32)  # a second fit with the same settings reuses the compiled epoch
 def make_epoch(
     grad_fn: Callable = mlp_grads,
     *,
@@ -152,14 +158,22 @@ def fit(
         if int(getattr(config, name)) < 1:
             raise ValueError(f"{name} must be >= 1; got {getattr(config, name)}")
     if not config.lr > 0 or not 0 <= config.momentum < 1 or not config.lr_decay > 0:
-        raise ValueError("lr must be > 0, momentum in [0, 1), lr_decay > 0; got "
-                         f"lr={config.lr}, momentum={config.momentum}, lr_decay={config.lr_decay}")
+        raise ValueError(
+            "lr must be > 0, momentum in [0, 1), lr_decay > 0; got "
+            f"lr={config.lr}, momentum={config.momentum}, lr_decay={config.lr_decay}"
+        )
     batch = min(int(config.batch_size), N)  # a batch larger than the data is the data
     mesh = mesh_for(devices) if devices > 1 else None
     if mesh is not None and batch % devices:
         raise ValueError(f"batch size must be a multiple of devices = {devices}; got {batch}")
-    epoch = make_epoch(grad_fn, batch_size=batch, momentum=config.momentum, reg=config.reg,
-                       probe_fn=probe_fn, mesh=mesh)
+    epoch = make_epoch(
+        grad_fn,
+        batch_size=batch,
+        momentum=config.momentum,
+        reg=config.reg,
+        probe_fn=probe_fn,
+        mesh=mesh,
+    )
     X, y = jnp.asarray(X), jnp.asarray(y)
     state = SGDState(params, Params(*(jnp.zeros_like(p) for p in params)))
     losses, accs, snaps, worst = [], [], [], 0.0
@@ -177,5 +191,12 @@ def fit(
             on_epoch(e, losses[-1], accs[-1])
     seconds = time.perf_counter() - t0
     test_acc = None if X_test is None else accuracy(state.params, X_test, y_test)
-    return History(state.params, losses, accs, test_acc, worst if probe_fn else None, seconds,
-                   snaps if snapshots else None)
+    return History(
+        state.params,
+        losses,
+        accs,
+        test_acc,
+        worst if probe_fn else None,
+        seconds,
+        snaps if snapshots else None,
+    )

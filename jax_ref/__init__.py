@@ -1,22 +1,23 @@
-"""jax_ref: the referee. The seed's losses written independently and differentiated by JAX,
-and the machinery that compares a hand-derived gradient with it.
+"""jax_ref: the referee. Each derivation's losses written independently and differentiated
+by JAX (one spec module per derivation in `jax_ref.derivations`), and the machinery that
+compares a hand-derived gradient with them.
 
 `jax_ref.strategies` (hypothesis strategies) needs the `dev` extra and is imported on its own.
 """
 
 from jax_ref.check import CheckResult, assert_gradients, check_gradients
-from jax_ref.reference import (
+from jax_ref.derivations import REGISTRY
+from jax_ref.derivations.mlp import mlp_forward, mlp_grads, mlp_loss
+from jax_ref.derivations.softmax_ce import (
     cross_entropy,
     cross_entropy_grad,
-    mlp_forward,
-    mlp_grads,
-    mlp_loss,
     softmax,
     softmax_jacobian,
 )
 from jax_ref.tolerances import TOLERANCES, tolerance
 
 __all__ = [
+    "REGISTRY",
     "TOLERANCES",
     "CheckResult",
     "assert_gradients",

@@ -33,12 +33,12 @@ import numpy as np
 
 from jax_ref.tolerances import rel_error, tolerance
 
-__all__ = ["ORACLES", "CheckResult", "assert_gradients", "check_gradients", "compare"]
+__all__ = ["ORACLES", "CheckResult", "assert_gradients", "check_gradients", "compare", "enable_x64"]
 
 ORACLES = ("autodiff", "finite_difference")
 
 
-def _enable_x64():
+def enable_x64():
     """float64 for the finite differences, whatever the process's setting."""
     if hasattr(jax, "enable_x64"):  # jax >= 0.6
         return jax.enable_x64(True)
@@ -210,9 +210,10 @@ def _directional(phi, h, eps, budget, sigma, f0):
 def _fd_results(loss_fn, params, grads, args, *, seed, directions, max_tries, scales=None):
     """Finite differences, leaf by leaf, in float64."""
     results = []
-    with _enable_x64():
+    with enable_x64():
         p64, a64 = _to64(params), _to64(args)
         leaves, treedef = jax.tree.flatten_with_path(p64)
+
         def loss(ps, *xs):
             return _flat_loss(loss_fn, treedef, ps, *xs)
 
@@ -277,12 +278,26 @@ def _fd_results(loss_fn, params, grads, args, *, seed, directions, max_tries, sc
             if flat:
                 note += f", {flat} flat at rounding resolution"
             if at_point or not rows:
-                why = ("the point is on a kink (not differentiable in this leaf)" if at_point
-                       else "no usable direction: " + note)
+                why = (
+                    "the point is on a kink (not differentiable in this leaf)"
+                    if at_point
+                    else "no usable direction: " + note
+                )
                 results.append(
-                    CheckResult(name, "finite_difference", jnp.dtype(gdtype).name, np.shape(x),
-                                0.0, 0.0, 0.0, (), np.nan, np.nan, True,
-                                f"inconclusive: {why}")
+                    CheckResult(
+                        name,
+                        "finite_difference",
+                        jnp.dtype(gdtype).name,
+                        np.shape(x),
+                        0.0,
+                        0.0,
+                        0.0,
+                        (),
+                        np.nan,
+                        np.nan,
+                        True,
+                        f"inconclusive: {why}",
+                    )
                 )
                 continue
             errs = np.array([r[0] for r in rows])
@@ -291,9 +306,20 @@ def _fd_results(loss_fn, params, grads, args, *, seed, directions, max_tries, sc
             scale = gnorm if np.isfinite(gnorm) and gnorm > 0 else 1.0
             passed = all(e <= a for e, (_, a, _, _) in zip(errs, rows))
             results.append(
-                CheckResult(name, "finite_difference", jnp.dtype(gdtype).name, np.shape(x),
-                            float(errs.max()), float(errs[i] / scale), float(rows[i][1] / scale),
-                            (i,), rows[i][2], rows[i][3], bool(passed), note)
+                CheckResult(
+                    name,
+                    "finite_difference",
+                    jnp.dtype(gdtype).name,
+                    np.shape(x),
+                    float(errs.max()),
+                    float(errs[i] / scale),
+                    float(rows[i][1] / scale),
+                    (i,),
+                    rows[i][2],
+                    rows[i][3],
+                    bool(passed),
+                    note,
+                )
             )
     return results
 
@@ -335,19 +361,30 @@ def check_gradients(
             raise ValueError(f"loss_fn must return a scalar; got shape {jnp.shape(ref_value)}")
         if value is not None:
             dt = jnp.result_type(value)
-            results.append(compare("loss", "autodiff", value, ref_value, dt, tolerance(dt),
-                                    scale=loss_scale))
+            results.append(
+                compare("loss", "autodiff", value, ref_value, dt, tolerance(dt), scale=loss_scale)
+            )
         n = len(jax.tree.leaves(ref))
         leaf_scales = [0.0] * n if scales is None else jax.tree.leaves(scales)
-        for (path, g), r, sc in zip(jax.tree.leaves_with_path(grads), jax.tree.leaves(ref),
-                                    leaf_scales):
+        for (path, g), r, sc in zip(
+            jax.tree.leaves_with_path(grads), jax.tree.leaves(ref), leaf_scales
+        ):
             if _is_float(r):
                 dt = jnp.result_type(g) if _is_float(g) else jnp.result_type(r)
-                results.append(compare(_leaf_name(path), "autodiff", g, r, dt, tolerance(dt),
-                                        scale=float(sc)))
+                results.append(
+                    compare(_leaf_name(path), "autodiff", g, r, dt, tolerance(dt), scale=float(sc))
+                )
     if "finite_difference" in oracles:
-        results += _fd_results(loss_fn, params, grads, args, seed=seed,
-                               directions=directions, max_tries=max_tries, scales=scales)
+        results += _fd_results(
+            loss_fn,
+            params,
+            grads,
+            args,
+            seed=seed,
+            directions=directions,
+            max_tries=max_tries,
+            scales=scales,
+        )
     return results
 
 

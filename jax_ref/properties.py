@@ -1,45 +1,44 @@
-"""The properties a correct implementation of the seed satisfies, as plain functions.
+"""Properties every derivation gets from its spec, and the comparison they share.
 
-Each takes an implementation `impl` (a namespace with the seed's public functions:
-`handgrad` itself, or a mutant from `jax_ref.mutants`) and a case, and raises
-AssertionError with a message naming what broke. The tests run them under hypothesis
-against `handgrad`; `handgrad mutants` runs them over a deterministic sweep against every
-mutant, which proves that each property can fail (the kill matrix).
+A property is a plain function `(impl, case) -> None` that raises AssertionError naming
+what broke. `impl` is a namespace of the derivation's public functions: handgrad's
+(`jax_ref.spec.implementation(d)`) or a mutant's (`implementation(d, swaps)`). The tests
+run the properties under hypothesis against handgrad; `handgrad mutants` runs them over
+the deterministic sweep against every mutant, which proves each property can fail.
+
+Generic here: `agrees` (every output equals the referee's) and `finite_differences` (every
+gradient agrees with central differences of the referee's loss). No jit-equals-eager
+property: every public function runs a jitted core, so eager is jit and such a property
+could not fail.
+A derivation's own properties (invariants, bounds) live in its spec module.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jax_ref.reference as ref
-from jax_ref.cases import LogitsCase, MLPCase
 from jax_ref.check import check_gradients
-from jax_ref.scales import logits_scales, mlp_scales
+from jax_ref.spec import Derivation
 from jax_ref.tolerances import rel_error, tolerance
 
-__all__ = ["LOGITS_PROPERTIES", "MLP_PROPERTIES", "PUBLIC", "impl_of"]
-
-PUBLIC = (
-    "softmax",
-    "softmax_jacobian",
-    "cross_entropy",
-    "cross_entropy_grad",
-    "mlp_forward",
-    "mlp_loss",
-    "mlp_grads",
-)
+__all__ = [
+    "agrees",
+    "close",
+    "close_tree",
+    "finite_differences",
+    "leaf_names",
+    "outputs",
+    "scales_like",
+]
 
 
-def impl_of(module) -> SimpleNamespace:
-    """The seed's public functions of `module` (e.g. handgrad) as a namespace."""
-    return SimpleNamespace(**{name: getattr(module, name) for name in PUBLIC})
-
-
-def _close(what: str, got, want, dtype, scale: float = 0.0) -> None:
+def close(what: str, got, want, dtype, scale: float = 0.0) -> None:
+    """Raise unless `got` has `dtype`, `want`'s shape, and is within the dtype's tolerance
+    of `want` (norm-wise, relative to max(|values|, `scale`))."""
     got_dtype = jnp.result_type(got)
     if got_dtype != jnp.dtype(dtype):
         raise AssertionError(f"{what}: returns {got_dtype}, the input was {jnp.dtype(dtype)}")
@@ -55,136 +54,93 @@ def _close(what: str, got, want, dtype, scale: float = 0.0) -> None:
         )
 
 
-def agrees_on_logits(impl, case: LogitsCase) -> None:
-    """softmax, its Jacobian, cross-entropy and its gradient equal the referee's."""
-    z, y = case
-    scale = logits_scales(z, y)
-    for name in ("softmax", "softmax_jacobian"):
-        _close(name, getattr(impl, name)(z), getattr(ref, name)(z), z.dtype, scale[name])
-    for name in ("cross_entropy", "cross_entropy_grad"):
-        _close(name, getattr(impl, name)(z, y), getattr(ref, name)(z, y), z.dtype, scale[name])
+def scales_like(tree, scale) -> list[float]:
+    """One natural scale per leaf of `tree`: a number is every leaf's."""
+    n = len(jax.tree.leaves(tree))
+    if scale is None or isinstance(scale, (int, float, np.floating)):
+        return [float(scale or 0.0)] * n
+    leaves = jax.tree.leaves(scale)
+    if len(leaves) != n:
+        raise ValueError(f"scale has {len(leaves)} leaves for an output of {n}")
+    return [float(s) for s in leaves]
 
 
-def agrees_on_mlp(impl, case: MLPCase) -> None:
-    """mlp_forward, mlp_loss and every leaf of mlp_grads equal the referee's."""
-    p, X, y, reg = case
-    s = mlp_scales(p, X, y, reg)
-    _close("mlp_forward", impl.mlp_forward(p, X), ref.mlp_forward(p, X), X.dtype,
-           s["mlp_forward"])
-    _close("mlp_loss", impl.mlp_loss(p, X, y, reg), ref.mlp_loss(p, X, y, reg), X.dtype,
-           s["mlp_loss"])
-    loss, grads = impl.mlp_grads(p, X, y, reg)
-    want_loss, want = ref.mlp_grads(p, X, y, reg)
-    _close("mlp_grads loss", loss, want_loss, X.dtype, s["mlp_loss"])
-    for field, g, w, sc in zip(want._fields, grads, want, s["grads"]):
-        _close(f"mlp_grads d{field}", g, w, X.dtype, sc)
+def leaf_names(parameter, tree) -> list[str]:
+    """Names for the leaves of an output: the spec's `parameter` (one name, or one per
+    leaf), else the leaves' paths."""
+    paths = [
+        jax.tree_util.keystr(p, simple=True, separator=".")
+        for p, _ in jax.tree.flatten_with_path(tree)[0]
+    ]
+    names = [parameter] if isinstance(parameter, str) else list(parameter or ())
+    return names if len(names) == len(paths) else [f"{names[0]}.{p}" if names else p for p in paths]
 
 
-def softmax_invariants(impl, case: LogitsCase) -> None:
-    """Rows of softmax sum to 1 and are invariant to a per-row shift; the Jacobian is
-    symmetric, its rows sum to 0 and it is positive semi-definite."""
-    z, _ = case
-    tol = tolerance(z.dtype)
-    a = np.asarray(impl.softmax(z), np.float64)
-    # |Σ_j a_ij - 1| <= ~3C·u for a correct e/Σ; the table's tolerance covers C up to ~300
-    if not np.all(np.abs(a.sum(axis=1) - 1) <= tol):
-        raise AssertionError(f"softmax rows sum to {a.sum(axis=1)}, not 1")
-    c = np.linspace(-3.0, 5.0, z.shape[0], dtype=z.dtype)[:, None]
-    zc = z + c
-    # the shift itself rounds: z + c - c != z; a logit error δ moves a_ij by at most e^{2δ}-1
-    delta = np.abs((zc.astype(np.float64) - c) - z.astype(np.float64)).max()
-    ac = np.asarray(impl.softmax(zc), np.float64)
-    slack = a * np.expm1(2 * delta) + tol
-    if not np.all(np.abs(ac - a) <= slack):
-        raise AssertionError(f"softmax(z + c) != softmax(z): max diff {np.abs(ac - a).max():.3g}")
-    J = np.asarray(impl.softmax_jacobian(z), np.float64)
-    # J's entries are products of probabilities (|J| <= 1/4) and carry absolute rounding of
-    # order u: at extreme logits 1 - a_ij rounds to 0 while a_ik is 1e-90, so max|J| is no
-    # scale for its errors. Scale 1.
-    scale = 1.0
-    if not np.abs(J - J.transpose(0, 2, 1)).max() <= tol * scale:
-        raise AssertionError("softmax_jacobian is not symmetric in (j, k)")
-    if not np.abs(J.sum(axis=2)).max() <= tol:
-        worst = np.abs(J.sum(axis=2)).max()
-        raise AssertionError(f"softmax_jacobian rows sum to {worst:.3g}, not 0")
-    low = np.linalg.eigvalsh((J + J.transpose(0, 2, 1)) / 2).min()
-    if not low >= -tol * scale:
-        raise AssertionError(f"softmax_jacobian is not positive semi-definite: eig {low:.3g}")
+def close_tree(what: str, got, want, dtype, scale=0.0, names=None) -> None:
+    """`close` leaf by leaf over two pytrees of one structure."""
+    wt = jax.tree.structure(want)
+    if jax.tree.structure(got) != wt:
+        raise AssertionError(f"{what}: returns a {jax.tree.structure(got)}, the referee {wt}")
+    leaves = jax.tree.leaves(want)
+    names = leaf_names(names, want) if len(leaves) > 1 else [""]
+    for name, g, w, s in zip(names, jax.tree.leaves(got), leaves, scales_like(want, scale)):
+        close(f"{what} {name}".rstrip(), g, w, dtype, s)
 
 
-def ce_grad_bounds(impl, case: LogitsCase) -> None:
-    """Each row of ∂L/∂z = (a - onehot)/N sums to 0 and lies in [-1/N, 1/N]."""
-    z, y = case
-    N = z.shape[0]
-    tol = tolerance(z.dtype)
-    g = np.asarray(impl.cross_entropy_grad(z, y), np.float64)
-    if not np.abs(g.sum(axis=1)).max() <= tol / N:
-        raise AssertionError(f"cross_entropy_grad rows sum to {np.abs(g.sum(axis=1)).max():.3g}")
-    if not (np.all(g >= -(1 + tol) / N) and np.all(g <= (1 + tol) / N)):
-        raise AssertionError(f"cross_entropy_grad leaves [-1/N, 1/N] = ±{1 / N:.3g}: "
-                             f"min {g.min():.3g}, max {g.max():.3g}")
+def _dtype_of(args) -> np.dtype:
+    floats = [
+        jnp.result_type(x)
+        for x in jax.tree.leaves(args)
+        if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+    ]
+    return floats[0] if floats else jnp.dtype(jnp.float64)
 
 
-def jit_matches_eager(impl, case: MLPCase) -> None:
-    """jax.jit(f) gives what f gives (no Python-side value dependence)."""
-    p, X, y, reg = case
-    eager = impl.mlp_grads(p, X, y, reg)
-    jitted = jax.jit(impl.mlp_grads)(p, X, y, reg)
-    s = mlp_scales(p, X, y, reg)
-    for name, a, b, sc in zip(("loss", "dW1", "db1", "dW2", "db2"), jax.tree.leaves(jitted),
-                              jax.tree.leaves(eager), [s["mlp_loss"], *s["grads"]]):
-        _close(f"jit(mlp_grads) {name}", a, b, X.dtype, sc)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _values(d: Derivation, funcs: tuple, case):
+    return [f(*o.args(case)) for f, o in zip(funcs, d.outputs)]
 
 
-def vmap_per_example(impl, case: MLPCase) -> None:
-    """Per-example gradients (vmap over single rows) averaged over N equal the batch's."""
-    p, X, y, reg = case
-
-    def one(x, t):
-        return impl.mlp_grads(p, x[None], t[None], reg)
-
-    losses, per = jax.vmap(one)(X, y)
-    loss, grads = impl.mlp_grads(p, X, y, reg)
-    s = mlp_scales(p, X, y, reg)
-    _close("mean of per-example losses", losses.mean(), loss, X.dtype, s["mlp_loss"])
-    for name, g, w, sc in zip(("dW1", "db1", "dW2", "db2"), per, grads, s["grads"]):
-        _close(f"mean of per-example {name}", g.mean(axis=0), w, X.dtype, sc)
+def outputs(d: Derivation, impl, case) -> list[tuple]:
+    """[(impl's value, the referee's value)] for each of `d.outputs`. All of an
+    implementation's functions share one compilation per shape, and the referee's another
+    (which every mutant then reuses)."""
+    ref = tuple(getattr(d.reference, o.function) for o in d.outputs)
+    hand = tuple(getattr(impl, o.function) for o in d.outputs)
+    return list(zip(_values(d, hand, case), _values(d, ref, case)))
 
 
-def finite_differences(impl, case: MLPCase) -> None:
-    """Directional central differences (float64) of the referee's loss match mlp_grads."""
-    p, X, y, reg = case
-    _, grads = impl.mlp_grads(p, X, y, reg)
-    scales = mlp_scales(p, X, y, reg)["grads"]
-    results = check_gradients(ref.mlp_loss, lambda *_: grads, p, X, y, reg,
-                              oracles=("finite_difference",), scales=scales)
-    bad = [r.describe() for r in results if not r.passed]
-    if bad:
-        raise AssertionError("finite differences disagree: " + "; ".join(bad))
+def agrees(d: Derivation):
+    """Every public function equals the referee's (forward values and autodiff gradients)."""
+
+    def agrees(impl, case) -> None:
+        dtype = _dtype_of(case)
+        for o, (got, want) in zip(d.outputs, outputs(d, impl, case)):
+            close_tree(o.function, got, want, dtype, o.scale(case), o.parameter)
+
+    agrees.__doc__ = f"{', '.join(d.functions)} equal the referee's."
+    return agrees
 
 
-def loss_near_log_c(impl, case: MLPCase) -> None:
-    """With tiny weights and zero biases every class is equally likely: L ≈ log C."""
-    p, X, y, _ = case
-    tiny = type(p)(p.W1 * 1e-3, p.b1 * 0, p.W2 * 1e-3, p.b2 * 0)
-    C = p.W2.shape[1]
-    z2 = np.asarray(ref.mlp_forward(tiny, X), np.float64)
-    # log-softmax of z lies within 2 max|z| of -log C
-    bound = 2 * np.abs(z2).max() + tolerance(X.dtype) * max(np.log(C), 1.0)
-    L = float(impl.mlp_loss(tiny, X, y, 0.0))
-    if not abs(L - np.log(C)) <= bound:
-        raise AssertionError(f"loss with tiny weights is {L:.6g}, not log C = {np.log(C):.6g}")
+def finite_differences(d: Derivation):
+    """Every hand gradient agrees with float64 central differences of the referee's loss."""
 
+    def finite_differences(impl, case) -> None:
+        bad = []
+        for g in d.gradients:
+            args = g.args(case)
+            out = getattr(impl, g.function)(*args)
+            grads = out[1] if g.returns_loss else out
+            scales = None if g.scale is None else g.scale(case)
+            results = check_gradients(
+                g.loss,
+                lambda *_, grads=grads: grads,
+                *args,
+                oracles=("finite_difference",),
+                scales=scales,
+            )
+            bad += [f"{g.function}: {r.describe()}" for r in results if not r.passed]
+        if bad:
+            raise AssertionError("finite differences disagree: " + "; ".join(bad))
 
-LOGITS_PROPERTIES = {
-    "agrees_on_logits": agrees_on_logits,
-    "softmax_invariants": softmax_invariants,
-    "ce_grad_bounds": ce_grad_bounds,
-}
-MLP_PROPERTIES = {
-    "agrees_on_mlp": agrees_on_mlp,
-    "finite_differences": finite_differences,
-    "jit_matches_eager": jit_matches_eager,
-    "vmap_per_example": vmap_per_example,
-    "loss_near_log_c": loss_near_log_c,
-}
+    return finite_differences

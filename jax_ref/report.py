@@ -95,11 +95,17 @@ def plot_gradcheck(report: dict, path) -> None:
             ratio = c["max_rel_err"] / c["tolerance"] if c["tolerance"] > 0 else 0.0
             xs.append(i + jitter)
             ys.append(max(ratio, floor) if math.isfinite(ratio) else 1e6)
-        ax.scatter(xs, ys, s=10, alpha=0.6, marker=markers.get(oracle, "o"),
-                   color=colors.get(dtype, "gray"), label=f"{oracle}, {dtype}")
+        ax.scatter(
+            xs,
+            ys,
+            s=10,
+            alpha=0.6,
+            marker=markers.get(oracle, "o"),
+            color=colors.get(dtype, "gray"),
+            label=f"{oracle}, {dtype}",
+        )
     ax.axhline(1.0, color="red", lw=1)
-    ax.text(len(functions) - 0.5, 1.3, "fails above this line", color="red", ha="right",
-            fontsize=8)
+    ax.text(len(functions) - 0.5, 1.3, "fails above this line", color="red", ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylim(floor / 2, 1e3)
     ax.set_xticks(range(len(functions)), functions, rotation=20, fontsize=8)
@@ -125,6 +131,11 @@ def group_by(rows, keys) -> dict:
     return groups
 
 
+def cell(x) -> str:
+    """A Markdown table cell: `|` escaped, newlines folded."""
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
 def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
     checks, ledger = report["checks"], report["ledger"]
     n_fail = sum(not c["passed"] for c in checks)
@@ -134,77 +145,111 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         "# handgrad check",
         "",
         f"**{_verdict(report['passed'])}** — {len(checks) - n_fail}/{len(checks)} checks and "
-        f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold (seed {report['seed']}).",
+        f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold (seed {report['seed']}; "
+        f"derivations: {', '.join(report.get('derivations', []))}).",
         "",
         "Versions: " + ", ".join(f"{k} {v[k]}" for k in v) + ".",
         "",
         "Errors are norm-wise relative: the largest |hand − oracle| over the leaf, divided by"
         " the leaf's natural scale (see `jax_ref/tolerances.py`). Oracles: `autodiff`"
-        " (`jax.grad` of the referee), `referee` (forward values from `jax.nn`),"
+        " (`jax.grad` of the referee), `referee` (forward values written independently),"
         " `finite_difference` (float64 central differences along random directions).",
         "",
         f"![error against tolerance]({png_name})",
         "",
     ]
-    for function, rows in group_by(checks, ("function",)).items():
-        lines += [f"## `{function[0]}`", "",
-                  "| parameter | dtype | oracle | checks | passed | worst rel err | tolerance |"
-                  " worst case |",
-                  "|---|---|---|---:|---:|---:|---:|---|"]
+    for (derivation, function), rows in group_by(checks, ("derivation", "function")).items():
+        lines += [
+            f"## `{derivation}`: `{function}`",
+            "",
+            "| parameter | dtype | oracle | checks | passed | worst rel err | tolerance |"
+            " worst case |",
+            "|---|---|---|---:|---:|---:|---:|---|",
+        ]
         for (param, dtype, oracle), g in group_by(rows, ("parameter", "dtype", "oracle")).items():
-            worst = max(g, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"]
-                        else 0.0)
+            worst = max(
+                g, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0
+            )
             passed = sum(c["passed"] for c in g)
-            lines.append(f"| {param} | {dtype} | {oracle} | {len(g)} | {passed} | "
-                         f"{_fmt(worst['max_rel_err'])} | {_fmt(worst['tolerance'])} | "
-                         f"{worst['case']} |")
+            lines.append(
+                f"| {cell(param)} | {dtype} | {oracle} | {len(g)} | {passed} | "
+                f"{_fmt(worst['max_rel_err'])} | {_fmt(worst['tolerance'])} | "
+                f"{cell(worst['case'])} |"
+            )
         lines.append("")
     lines += [
         "## The derivation ledger",
         "",
-        "Each step of the seed, evaluated in float64 on random inputs: its error against"
-        " autodiff, against the previous step of its chain, its shape against the seed's"
-        " shape line, and whether it stays finite at logits ~1e4.",
+        "Each step of each derivation, evaluated in float64 on random inputs: its error against"
+        " autodiff, against the previous step of its chain (for chains of equalities), its"
+        " shape against the step's shape line, and whether it stays finite when the inputs"
+        " are scaled to logits ~1e4. The last step of every chain is the shipped function.",
         "",
-        "| chain | step | equation | shape | vs autodiff | vs previous | finite at 1e4 |"
-        " verdict |",
-        "|---|---|---|---|---:|---:|---|---|",
+        "| derivation | chain | step | equation | shape | vs autodiff | vs previous |"
+        " finite at 1e4 | verdict |",
+        "|---|---|---|---|---|---:|---:|---|---|",
     ]
     for e in ledger:
-        shape = f"{e['shape']}" + ("" if e["shape_ok"] else f" ≠ {tuple(e['actual_shape'])}")
+        actual = ", ".join(str(tuple(s)) for s in e["actual_shape"])
+        shape = e["shape"] + ("" if e["shape_ok"] else f" ≠ {actual}")
         lines.append(
-            f"| {e['chain']} | {e['step']} | {e['equation']} | {shape} | {_fmt(e['rel_err'])} |"
-            f" {_fmt(e['vs_previous'])} | {'yes' if e['extreme_finite'] else '**no** (NaN/inf)'}"
-            f" | {_verdict(e['passed'])} |"
+            f"| {e['derivation']} | {e['chain']} | {cell(e['step'])} | {cell(e['equation'])} |"
+            f" {cell(shape)} | {_fmt(e['rel_err'])} | {_fmt(e['vs_previous'])} |"
+            f" {'yes' if e['extreme_finite'] else '**no** (NaN/inf)'} | {_verdict(e['passed'])} |"
         )
     unstable = [e for e in ledger if not e["extreme_finite"]]
     if unstable:
-        lines += ["", "Forms that are exact mathematics but break at extreme logits: " +
-                  ", ".join(f"`{e['chain']}: {e['step']}`" for e in unstable) +
-                  ". That is why handgrad implements the final forms."]
+        lines += [
+            "",
+            "Forms that are exact mathematics but break at extreme logits: "
+            + ", ".join(f"`{e['chain']}: {e['step']}`" for e in unstable)
+            + ". That is why handgrad ships the final forms.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def mutants_markdown(report: dict) -> str:
-    props = list(report["properties"])
+    errors = report.get("harness_errors", 0)
+    ok = report["killed"] == report["total"] and not errors
     lines = [
         "# handgrad mutants",
         "",
-        f"**{report['killed']}/{report['total']} mutants killed** "
-        f"({_verdict(report['killed'] == report['total'])}; a survivor is a hole in the tests).",
+        f"**{report['killed']}/{report['total']} mutants killed**, {errors} harness errors "
+        f"({_verdict(ok)}; a survivor is a hole in the tests).",
         "",
-        "Each mutant is a plausible mistake in deriving the seed's gradients; each column a"
-        " property the test suite checks. ✗ = that property kills the mutant.",
+        "Each mutant is a plausible mistake: the shipped functions with one piece swapped for"
+        " a wrong one. Each column is a property the test suite checks; **kills** means that"
+        " property raised on some case of the sweep (float64). A kill counts only as an"
+        " AssertionError or the error class the mutant's entry names; any other exception"
+        " is a harness error and fails the run. *must* marks the kills the tests require.",
         "",
-        "| mutant | mistake | revealed by | " + " | ".join(props) + " |",
-        "|---|---|---|" + "---|" * len(props),
     ]
+    for derivation, props in report["properties"].items():
+        rows = [m for m in report["mutants"] if m["derivation"] == derivation]
+        if not rows:
+            continue
+        lines += [
+            f"## `{derivation}`",
+            "",
+            "| mutant | mistake | revealed by | " + " | ".join(props) + " |",
+            "|---|---|---|" + "---|" * len(props),
+        ]
+        for m in rows:
+            cells = [
+                ("**kills**" if p in m["killed_by"] else "—")
+                + (" *must*" if p in m["must_kill"] else "")
+                for p in props
+            ]
+            lines.append(
+                f"| `{m['name']}` | {cell(m['description'])} | {cell(m['reveals'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
+    lines += ["First killing case per mutant:", ""]
     for m in report["mutants"]:
-        cells = ["✗" if p in m["killed_by"] else "" for p in props]
-        lines.append(f"| `{m['name']}` | {m['description']} | {m['reveals']} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "First killing case per mutant:", ""]
-    for m in report["mutants"]:
-        first = m["first_kill"] or "survived"
-        lines.append(f"- `{m['name']}`: {first}")
+        first = m["first_kill"] or "**survived**"
+        lines.append(f"- `{m['derivation']}: {m['name']}`: {first}")
+        for prop, err in m.get("harness_errors", {}).items():
+            lines.append(f"  - harness error in `{prop}`: {err}")
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import pytest
 
 import handgrad as hg
 import jax_ref as jr
-from jax_ref.cases import mlp_case
+from jax_ref.derivations.mlp import mlp_case
 
 
 def quad_loss(p, A):
@@ -25,8 +25,11 @@ A = jnp.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
 def test_a_correct_gradient_passes_both_oracles_per_leaf():
     results = jr.assert_gradients(quad_loss, quad_grad, P, A)
     assert {(r.parameter, r.oracle) for r in results} == {
-        ("w", "autodiff"), ("b", "autodiff"), ("w", "finite_difference"),
-        ("b", "finite_difference")}
+        ("w", "autodiff"),
+        ("b", "autodiff"),
+        ("w", "finite_difference"),
+        ("b", "finite_difference"),
+    }
     assert all(r.passed and r.max_rel_err <= r.tolerance for r in results)
 
 
@@ -70,6 +73,7 @@ def test_tree_and_shape_mismatches_are_clear():
 
 def test_float32_precision_gradient_fails_at_float64():
     """A gradient computed in float32 inside a float64 call: rtol-1e-3 tools miss it."""
+
     def sloppy(p, A):
         g = quad_grad(jax.tree.map(lambda x: x.astype(jnp.float32), p), A.astype(jnp.float32))
         return jax.tree.map(lambda x: x.astype(jnp.float64), g)
@@ -106,6 +110,7 @@ def test_large_relu_mlp_814k_params():
         loss, g = grads(p, X, y)
         return loss, jax.tree.map(lambda t: t.astype(jnp.float32).astype(jnp.float64), g)
 
-    results = jr.check_gradients(jr.mlp_loss, float32_grads, params, X, y, returns_loss=True,
-                                 oracles=("autodiff",))
+    results = jr.check_gradients(
+        jr.mlp_loss, float32_grads, params, X, y, returns_loss=True, oracles=("autodiff",)
+    )
     assert [r.parameter for r in results if not r.passed] == ["W1", "b1", "W2", "b2"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from handgrad.cli import main
+from handgrad_cli import main
 
 
 def test_help_and_bad_usage(capsys):
@@ -14,39 +14,79 @@ def test_help_and_bad_usage(capsys):
     assert main(["check", "--dtype", "float16"]) == 2
     assert main(["check", "--seed", "-1"]) == 2
     assert main(["frobnicate"]) == 2
+    assert main(["check", "--derivation", "nope"]) == 2
 
 
 def test_check_writes_deterministic_reports(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["check", "--dtype", "float32", "--examples", "0", "--out", str(a)]) == 0
-    assert main(["check", "--dtype", "float32", "--examples", "0", "--out", str(b)]) == 0
-    for name in ("gradcheck.json", "gradcheck.md", "gradcheck.png"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    """Same report, same bytes: rendering is a pure function of the report (no time, no
+    hash order), so two renderings of one run must match byte for byte."""
+    from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json
+
+    a = tmp_path / "a"
+    quick = ["check", "--derivation", "softmax_ce", "--dtype", "float32", "--examples", "0"]
+    assert main([*quick, "--out", str(a)]) == 0
+    again = json.loads((a / "gradcheck.json").read_text())
+    assert to_json(again) == (a / "gradcheck.json").read_text()
+    assert gradcheck_markdown(again) == (a / "gradcheck.md").read_text()
+    plot_gradcheck(again, tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes() == (a / "gradcheck.png").read_bytes()
     report = json.loads((a / "gradcheck.json").read_text())
     assert report["passed"] and report["seed"] == 0
-    assert set(report) == {"passed", "seed", "versions", "checks", "ledger"}
-    keys = {"function", "parameter", "dtype", "shape", "oracle", "max_abs_err", "max_rel_err",
-            "tolerance", "worst_index", "passed"}
+    assert set(report) == {"passed", "seed", "versions", "derivations", "checks", "ledger"}
+    assert report["derivations"] == ["softmax_ce"]
+    keys = {
+        "function",
+        "parameter",
+        "dtype",
+        "shape",
+        "oracle",
+        "max_abs_err",
+        "max_rel_err",
+        "tolerance",
+        "worst_index",
+        "passed",
+    }
     assert all(keys <= set(c) for c in report["checks"])
-    assert {c["oracle"] for c in report["checks"]} == {"autodiff", "referee",
-                                                       "finite_difference"}
-    assert all({"chain", "step", "equation", "max_abs_err", "passed"} <= set(e)
-               for e in report["ledger"])
+    assert {c["oracle"] for c in report["checks"]} == {"autodiff", "referee", "finite_difference"}
+    assert {c["derivation"] for c in report["checks"]} == {"softmax_ce"}
+    assert all(
+        {"chain", "step", "equation", "max_abs_err", "passed"} <= set(e) for e in report["ledger"]
+    )
     md = (a / "gradcheck.md").read_text()
     assert md.startswith("# handgrad check\n\n**✅ pass**") and "gradcheck.png" in md
 
 
 def test_check_exits_1_when_a_check_fails(tmp_path, monkeypatch):
-    import jax_ref.seedcheck
+    import jax_ref.sweep
 
     def failing(**kwargs):
-        return {"passed": False, "seed": 0, "versions": {}, "ledger": [], "checks": [
-            {"function": "mlp_grads", "case": "x", "parameter": "W1", "oracle": "autodiff",
-             "dtype": "float64", "shape": [2, 2], "max_abs_err": 1.0, "max_rel_err": 1.0,
-             "tolerance": 1e-10, "worst_index": [0, 0], "got": 1.0, "want": 0.0,
-             "passed": False, "note": ""}]}
+        return {
+            "passed": False,
+            "seed": 0,
+            "versions": {},
+            "ledger": [],
+            "checks": [
+                {
+                    "derivation": "mlp",
+                    "function": "mlp_grads",
+                    "case": "x",
+                    "parameter": "W1",
+                    "oracle": "autodiff",
+                    "dtype": "float64",
+                    "shape": [2, 2],
+                    "max_abs_err": 1.0,
+                    "max_rel_err": 1.0,
+                    "tolerance": 1e-10,
+                    "worst_index": [0, 0],
+                    "got": 1.0,
+                    "want": 0.0,
+                    "passed": False,
+                    "note": "",
+                }
+            ],
+        }
 
-    monkeypatch.setattr(jax_ref.seedcheck, "run_check", failing)
+    monkeypatch.setattr(jax_ref.sweep, "run_check", failing)
     assert main(["check", "--out", str(tmp_path)]) == 1
     assert "FAIL" in (tmp_path / "gradcheck.md").read_text()
 

@@ -4,51 +4,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import HAND, MLP, MLP64
+from helpers import HAND, MLP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import handgrad as hg
 import jax_ref as jr
-from jax_ref import properties as P
 from jax_ref import strategies as hs
-from jax_ref.cases import mlp_case
+from jax_ref.derivations.mlp import mlp_case
+
+IMPL, PROPS = HAND["mlp"], MLP.properties
 
 
-@given(MLP)
+@given(MLP.strategy())
 def test_agrees_with_autodiff(case):
-    P.agrees_on_mlp(HAND, case)
+    PROPS["agrees"](IMPL, case)
 
 
-@given(MLP64)
+@given(MLP.strategy(dtypes=st.just(np.float64)))
 def test_finite_differences_float64(case):
-    P.finite_differences(HAND, case)
+    PROPS["finite_differences"](IMPL, case)
 
 
-# jit and vmap compile per shape: two shapes (one generic, one square N = H = C).
-JIT_DIMS = st.sampled_from([(6, 5, 7, 3), (3, 2, 3, 3)])
+# vmap compiles per shape: two shapes (one generic, one square N = H = C).
+VMAP_DIMS = st.sampled_from([(6, 5, 7, 3), (3, 2, 3, 3)])
 
 
-@given(hs.mlp_cases(dims=JIT_DIMS))
-def test_jit_equals_eager(case):
-    P.jit_matches_eager(HAND, case)
-
-
-@given(hs.mlp_cases(dims=JIT_DIMS))
+@given(hs.mlp_cases(dims=VMAP_DIMS))
 def test_vmapped_per_example_grads_average_to_batch(case):
-    P.vmap_per_example(HAND, case)
+    PROPS["vmap_per_example"](IMPL, case)
 
 
-@given(MLP)
+@given(MLP.strategy())
 def test_tiny_weights_give_log_c(case):
-    P.loss_near_log_c(HAND, case)
+    PROPS["loss_near_log_c"](IMPL, case)
 
 
 @settings(max_examples=5)
 @given(hs.mlp_cases(max_side=5))
 def test_random_shapes_agree(case):
     """A few unbucketed shapes, beyond the edge list."""
-    P.agrees_on_mlp(HAND, case)
+    PROPS["agrees"](IMPL, case)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

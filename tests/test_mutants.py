@@ -1,71 +1,71 @@
-"""The tests can fail: every property kills the wrong gradients it is meant to catch, and
-every catalogued mutant is killed by some property (jax_ref/mutants.py)."""
+"""The tests can fail: every property kills the wrong gradients it exists to catch (each
+mutant's `must_kill`), every catalogued mutant is killed, and only a real failure counts
+as a kill (jax_ref/mutants.py)."""
 
-import numpy as np
+import dataclasses
+
 import pytest
 
-import handgrad
-from jax_ref.cases import sweep
-from jax_ref.mutants import MUTANTS, build, kill_matrix
-from jax_ref.properties import LOGITS_PROPERTIES, MLP_PROPERTIES, impl_of
+from jax_ref.derivations import REGISTRY
+from jax_ref.mutants import kill_matrix
+from jax_ref.spec import Mutant, implementation
 from jax_ref.tolerances import rel_error
 
-BY_NAME = {m.name: m for m in MUTANTS}
 
-# property -> mutants it must kill: the wrong gradients each test exists to catch.
-MUST_KILL = {
-    "agrees_on_logits": ["ce_grad_no_mean", "ce_grad_sign", "jacobian_a_ij_twice",
-                         "ce_grad_one_over_a", "softmax_no_max_shift", "log_of_softmax"],
-    "softmax_invariants": ["jacobian_no_indicator", "jacobian_a_ij_twice",
-                           "softmax_no_max_shift"],
-    "ce_grad_bounds": ["ce_grad_no_mean", "ce_grad_over_C", "ce_grad_one_over_a"],
-    "agrees_on_mlp": ["relu_grad_at_zero_one", "reg_grad_no_factor_2", "reg_on_biases",
-                      "loss_missing_reg", "db_sum_wrong_axis", "da1_no_transpose",
-                      "float32_inside", "relu_grad_missing"],
-    "finite_differences": ["ce_grad_sign", "relu_grad_missing", "reg_grad_no_factor_2",
-                           "float32_inside"],
-    "jit_matches_eager": ["softmax_numpy_inside"],
-    "vmap_per_example": ["ce_grad_no_mean", "softmax_numpy_inside"],
-    "loss_near_log_c": ["loss_sum_not_mean"],
-}
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_property_is_required_to_kill_something(name):
+    d = REGISTRY[name]
+    required = {p for m in d.mutants for p in m.must_kill}
+    assert required == set(d.properties), set(d.properties) ^ required
+    assert all(m.must_kill for m in d.mutants) and len(d.mutants) >= 2
 
 
-def test_every_property_has_a_mutant_it_must_kill():
-    assert set(MUST_KILL) == set(LOGITS_PROPERTIES) | set(MLP_PROPERTIES)
-    assert all(MUST_KILL.values())
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_each_property_kills_the_mutants_it_must(name):
+    """Per (mutant, property) pair of the catalogue: that property kills that mutant."""
+    rows = kill_matrix([REGISTRY[name]], must_kill_only=True)
+    missed = [(r.mutant.name, p) for r in rows for p in r.mutant.must_kill if not r.kills[p]]
+    assert not missed, f"properties no longer catch: {missed}"
+    assert not any(r.errors for r in rows), [r.errors for r in rows if r.errors]
 
 
-@pytest.mark.parametrize("prop", sorted(MUST_KILL))
-def test_property_kills_its_mutants(prop):
-    matrix = kill_matrix([BY_NAME[n] for n in MUST_KILL[prop]], properties={prop},
-                         random_cases=0)
-    survivors = [name for name, row in matrix.items() if row[prop] is None]
-    assert not survivors, f"{prop} no longer catches {survivors}"
+def test_an_unexpected_exception_is_a_harness_error_not_a_kill():
+    d = REGISTRY["softmax_ce"]
+
+    def broken_property(impl, case):
+        raise KeyError("a bug in the property itself")
+
+    mutant = d.mutants[0]
+    probe = dataclasses.replace(
+        d,
+        properties={"broken": broken_property},
+        mutants=(dataclasses.replace(mutant, must_kill=("broken",)),),
+    )
+    (row,) = kill_matrix([probe])
+    assert not row.killed and "KeyError" in row.errors["broken"]
 
 
-def test_every_mutant_is_killed():
-    matrix = kill_matrix(MUTANTS, random_cases=0, stop_at_first=True)
-    survivors = [name for name, row in matrix.items() if not any(row.values())]
-    assert not survivors
-    assert len(MUTANTS) >= 12
+def test_a_named_error_class_is_a_kill_only_for_its_mutant():
+    d = REGISTRY["mlp"]
+    transposed = next(m for m in d.mutants if m.name == "da1_no_transpose")
+    unnamed = dataclasses.replace(transposed, raises=())
+    probe = dataclasses.replace(d, mutants=(transposed, unnamed))
+    named, plain = kill_matrix([probe], properties=["agrees"], stop_at_first=True)
+    assert named.killed and "TypeError" in named.kills["agrees"]
+    assert not plain.killed and "TypeError" in plain.errors["agrees"]
 
 
-def test_unmutated_build_is_handgrad():
-    """The mutant harness with no swap computes exactly what handgrad does."""
-    plain, hand = build(), impl_of(handgrad)
-    for kind, case, _ in sweep(0, dtypes=(np.float64,), random_cases=0):
-        if kind == "logits":
-            pairs = [(plain.softmax(case.z), hand.softmax(case.z)),
-                     (plain.softmax_jacobian(case.z), hand.softmax_jacobian(case.z))]
-            pairs.append((plain.cross_entropy_grad(*case), hand.cross_entropy_grad(*case)))
-        else:
-            pairs = list(zip(_leaves(plain.mlp_grads(*case)), _leaves(hand.mlp_grads(*case))))
-        for a, b in pairs:
-            # same math; only XLA's fusion differs (jitted core vs op by op): a few ulps
-            eps = np.finfo(np.asarray(b).dtype).eps
-            assert rel_error(a, b)[1] <= 8 * eps
+def test_swapping_no_piece_is_the_shipped_function():
+    """A mutant is the shipped code with a piece swapped; swapping a piece for itself
+    computes exactly what handgrad does (no copy of the math to drift)."""
+    d = REGISTRY["mlp"]
+    same = implementation(d, {"relu_backward": d.module.PIECES.relu_backward})
+    case, _ = d.cases(0, random_cases=0)[0]
+    a, b = same.mlp_grads(*case), implementation(d).mlp_grads(*case)
+    assert max(rel_error(x, y)[1] for x, y in zip(a[1], b[1])) == 0.0
+    with pytest.raises(ValueError, match="swaps must name pieces of mlp"):
+        implementation(d, {"relu_bwd": None})
 
 
-def _leaves(out):
-    loss, grads = out
-    return [loss, *grads]
+def test_mutant_fields():
+    assert {f.name for f in dataclasses.fields(Mutant)} >= {"swaps", "must_kill", "raises"}

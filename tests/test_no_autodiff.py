@@ -6,8 +6,20 @@ from pathlib import Path
 
 import handgrad
 
-FORBIDDEN = {"grad", "vjp", "jvp", "jacfwd", "jacrev", "value_and_grad", "hessian",
-             "linearize", "custom_jvp", "custom_vjp", "stop_gradient", "linear_transpose"}
+FORBIDDEN = {
+    "grad",
+    "vjp",
+    "jvp",
+    "jacfwd",
+    "jacrev",
+    "value_and_grad",
+    "hessian",
+    "linearize",
+    "custom_jvp",
+    "custom_vjp",
+    "stop_gradient",
+    "linear_transpose",
+}
 
 
 def autodiff_uses(source: str) -> list[str]:
@@ -18,8 +30,9 @@ def autodiff_uses(source: str) -> list[str]:
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN:
             hits.append(f"line {node.lineno}: {node.id}")
         elif isinstance(node, ast.ImportFrom):
-            hits += [f"line {node.lineno}: import {a.name}" for a in node.names
-                     if a.name in FORBIDDEN]
+            hits += [
+                f"line {node.lineno}: import {a.name}" for a in node.names if a.name in FORBIDDEN
+            ]
     return hits
 
 
@@ -32,8 +45,9 @@ def test_the_detector_can_fail():
 
 def test_handgrad_calls_no_autodiff():
     root = Path(handgrad.__file__).parent
-    found = {str(p.relative_to(root)): autodiff_uses(p.read_text())
-             for p in sorted(root.glob("*.py"))}
+    found = {
+        str(p.relative_to(root)): autodiff_uses(p.read_text()) for p in sorted(root.glob("*.py"))
+    }
     found = {k: v for k, v in found.items() if v}
     assert not found, found
     assert len(list(root.glob("*.py"))) >= 8

@@ -10,7 +10,7 @@ import pytest
 
 import handgrad as hg
 import jax_ref as jr
-from jax_ref.cases import mlp_case
+from jax_ref.derivations.mlp import mlp_case
 
 CASE = mlp_case(0, 5, 4, 6, 3, np.float64, reg=0.1)
 P, X, Y = CASE.params, CASE.X, CASE.y

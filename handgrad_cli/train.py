@@ -33,8 +33,11 @@ STEP_AGREEMENT = {"float64": 1e-10, "float32": None}
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="train the MLP on hand gradients (and autodiff); write "
-                       "training.json/.md and loss_curves.png")
+    t = sub.add_parser(
+        "train",
+        help="train the MLP on hand gradients (and autodiff); write "
+        "training.json/.md and loss_curves.png",
+    )
     t.add_argument("--dataset", default="spiral", help="spiral, digits or PATH.npz")
     t.add_argument("--hidden", type=int, help="hidden units H")
     t.add_argument("--epochs", type=int)
@@ -43,8 +46,7 @@ def add_parser(sub) -> None:
     t.add_argument("--momentum", type=float)
     t.add_argument("--lr-decay", type=float, default=1.0, help="lr per epoch *= this")
     t.add_argument("--reg", type=float)
-    t.add_argument("--grad", dest="gradients", choices=["hand", "autodiff", "both"],
-                   default="both")
+    t.add_argument("--grad", dest="gradients", choices=["hand", "autodiff", "both"], default="both")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--devices", type=int, default=1, help="shard each batch over N devices")
@@ -71,8 +73,10 @@ def run(args) -> int:
     from handgrad.datasets import load
 
     kind = args.dataset if args.dataset in ("spiral", "digits") else "npz"
-    hp = {k: getattr(args, k) if getattr(args, k) is not None else v
-          for k, v in DEFAULTS[kind].items()}
+    hp = {
+        k: getattr(args, k) if getattr(args, k) is not None else v
+        for k, v in DEFAULTS[kind].items()
+    }
     for k in ("hidden", "epochs", "batch_size"):
         if hp[k] < 1:
             return _bad_usage(f"--{k.replace('_', '-')} must be >= 1; got {hp[k]}")
@@ -92,8 +96,11 @@ def run(args) -> int:
     from jax_ref.report import to_json, write_files
 
     text = to_json(report)
-    files = {"training.json": text, "training.md": training_markdown(report),
-             "loss_curves.png": lambda path: plot_training(report, path)}
+    files = {
+        "training.json": text,
+        "training.md": training_markdown(report),
+        "loss_curves.png": lambda path: plot_training(report, path),
+    }
     written = write_files(args.out, files)
     if args.json_path:
         from pathlib import Path
@@ -116,8 +123,9 @@ def train_report(ds, hp: dict, args) -> dict:
     dtype = {"float32": np.float32, "float64": np.float64}[args.dtype]
     X, X_test = ds.X.astype(dtype), None if ds.X_test is None else ds.X_test.astype(dtype)
     C = int(max(ds.y.max(), -1 if ds.y_test is None else ds.y_test.max())) + 1
-    cfg = TrainConfig(hp["epochs"], hp["batch_size"], hp["lr"], hp["momentum"], args.lr_decay,
-                      hp["reg"])
+    cfg = TrainConfig(
+        hp["epochs"], hp["batch_size"], hp["lr"], hp["momentum"], args.lr_decay, hp["reg"]
+    )
     key = jax.random.PRNGKey(args.seed)
     init_key, data_key = jax.random.split(key)
     params = hg.init_params(init_key, X.shape[1], hp["hidden"], C, dtype=dtype)
@@ -135,17 +143,34 @@ def train_report(ds, hp: dict, args) -> dict:
     if args.gradients in ("hand", "both"):
         hist["hand"] = run_one("hand", hg.mlp_grads, params, snapshots=both)
     if args.gradients in ("autodiff", "both"):
-        hist["autodiff"] = run_one("autodiff", jax_ref.mlp_grads, params, snapshots=both,
-                                   probe_fn=hg.mlp_grads if both else None)
+        hist["autodiff"] = run_one(
+            "autodiff",
+            jax_ref.mlp_grads,
+            params,
+            snapshots=both,
+            probe_fn=hg.mlp_grads if both else None,
+        )
     for name, h in hist.items():
-        runs[name] = {"loss": h.loss, "train_accuracy": h.train_accuracy[-1],
-                      "train_accuracy_per_epoch": h.train_accuracy,
-                      "test_accuracy": h.test_accuracy, "seconds": round(h.seconds, 3)}
+        runs[name] = {
+            "loss": h.loss,
+            "train_accuracy": h.train_accuracy[-1],
+            "train_accuracy_per_epoch": h.train_accuracy,
+            "test_accuracy": h.test_accuracy,
+            "seconds": round(h.seconds, 3),
+        }
     report: dict[str, Any] = {
         "dataset": ds.name,
-        "config": {**hp, "lr_decay": args.lr_decay, "dtype": args.dtype, "seed": args.seed,
-                   "grad": args.gradients, "N": int(X.shape[0]), "D": int(X.shape[1]), "C": C,
-                   "N_test": None if X_test is None else int(X_test.shape[0])},
+        "config": {
+            **hp,
+            "lr_decay": args.lr_decay,
+            "dtype": args.dtype,
+            "seed": args.seed,
+            "grad": args.gradients,
+            "N": int(X.shape[0]),
+            "D": int(X.shape[1]),
+            "C": C,
+            "N_test": None if X_test is None else int(X_test.shape[0]),
+        },
         "runs": runs,
         "max_step_grad_diff": None,
         "param_diff": None,
@@ -164,8 +189,10 @@ def train_report(ds, hp: dict, args) -> dict:
         report["param_diff"] = _rel_norms(hist["hand"].snapshots, ad)
         report["control_diff"] = _rel_norms(control.snapshots, ad)
         report["control_perturbation"] = rel
-        acc = [(r["test_accuracy"] if r["test_accuracy"] is not None else r["train_accuracy"])
-               for r in (runs["hand"], runs["autodiff"])]
+        acc = [
+            (r["test_accuracy"] if r["test_accuracy"] is not None else r["train_accuracy"])
+            for r in (runs["hand"], runs["autodiff"])
+        ]
         limit = STEP_AGREEMENT[args.dtype]
         agreement = {
             "step_grad_limit": limit,
@@ -210,15 +237,19 @@ def _progress(label: str, epochs: int, quiet: bool):
 def _print_summary(report: dict) -> None:
     for name, r in report["runs"].items():
         test = "" if r["test_accuracy"] is None else f", test {r['test_accuracy']:.4f}"
-        print(f"{name:9s} loss {r['loss'][-1]:.4f}, train {r['train_accuracy']:.4f}{test} "
-              f"({r['seconds']:.1f} s)")
+        print(
+            f"{name:9s} loss {r['loss'][-1]:.4f}, train {r['train_accuracy']:.4f}{test} "
+            f"({r['seconds']:.1f} s)"
+        )
     if report["max_step_grad_diff"] is not None:
         a = report["agreement"]
         limit = a["step_grad_limit"]
-        print(f"max step gradient disagreement {report['max_step_grad_diff']:.3g} "
-              f"({'measured' if limit is None else f'limit {limit:g}'}); final param diff "
-              f"{report['param_diff'][-1]:.3g} vs control {report['control_diff'][-1]:.3g}; "
-              f"accuracy gap {a['accuracy_gap']:.4f}: {'PASSED' if a['passed'] else 'FAILED'}")
+        print(
+            f"max step gradient disagreement {report['max_step_grad_diff']:.3g} "
+            f"({'measured' if limit is None else f'limit {limit:g}'}); final param diff "
+            f"{report['param_diff'][-1]:.3g} vs control {report['control_diff'][-1]:.3g}; "
+            f"accuracy gap {a['accuracy_gap']:.4f}: {'PASSED' if a['passed'] else 'FAILED'}"
+        )
 
 
 def plot_training(report: dict, path) -> None:
@@ -231,29 +262,48 @@ def plot_training(report: dict, path) -> None:
     both = report["param_diff"] is not None
     fig, axes = plt.subplots(1, 3 if both else 1, figsize=(13 if both else 5, 3.8), dpi=100)
     axes = np.atleast_1d(axes)
-    styles = {"hand": dict(color="tab:blue", lw=2.5, alpha=0.6),
-              "autodiff": dict(color="tab:orange", lw=1, ls="--")}
+    styles = {
+        "hand": dict(color="tab:blue", lw=2.5, alpha=0.6),
+        "autodiff": dict(color="tab:orange", lw=1, ls="--"),
+    }
     for name, r in runs.items():
         axes[0].plot(range(1, len(r["loss"]) + 1), r["loss"], label=name, **styles[name])
-    axes[0].set(xlabel="epoch", ylabel="mean minibatch loss", yscale="log",
-                title=f"{report['dataset']}: loss")
+    axes[0].set(
+        xlabel="epoch",
+        ylabel="mean minibatch loss",
+        yscale="log",
+        title=f"{report['dataset']}: loss",
+    )
     axes[0].legend()
     if both:
         for name, r in runs.items():
             acc = r["train_accuracy_per_epoch"]
             axes[1].plot(range(1, len(acc) + 1), acc, label=f"{name} (train)", **styles[name])
             if r["test_accuracy"] is not None:
-                axes[1].axhline(r["test_accuracy"], label=f"{name}: final test", lw=1,
-                                color=styles[name]["color"], ls=":")
+                axes[1].axhline(
+                    r["test_accuracy"],
+                    label=f"{name}: final test",
+                    lw=1,
+                    color=styles[name]["color"],
+                    ls=":",
+                )
         axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0.5, 1.005))
         axes[1].legend(fontsize=8, loc="lower right")
         e = range(1, len(report["param_diff"]) + 1)
         floor = 1e-18
         axes[2].plot(e, np.maximum(report["param_diff"], floor), label="hand vs autodiff")
-        axes[2].plot(e, np.maximum(report["control_diff"], floor), ls="--",
-                     label=f"control: autodiff, start moved {report['control_perturbation']:.0e}")
-        axes[2].set(xlabel="epoch", ylabel="relative parameter difference", yscale="log",
-                    title="divergence: gradients vs dynamics")
+        axes[2].plot(
+            e,
+            np.maximum(report["control_diff"], floor),
+            ls="--",
+            label=f"control: autodiff, start moved {report['control_perturbation']:.0e}",
+        )
+        axes[2].set(
+            xlabel="epoch",
+            ylabel="relative parameter difference",
+            yscale="log",
+            title="divergence: gradients vs dynamics",
+        )
         axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
@@ -274,10 +324,12 @@ def _jump_note(diff: list[float], step_gap: float) -> str:
     if not ratios or max(ratios) < 100:
         return ""
     e = ratios.index(max(ratios)) + 2
-    return (f" At epoch {e} the difference jumps {max(ratios):.0f}x in one epoch: the mark of"
-            f" a discrete event (a ReLU input changing sign in one run only, say) amplifying"
-            f" rounding, not of a gradient error, which (a) bounds by {step_gap:.2g} at every"
-            f" step.")
+    return (
+        f" At epoch {e} the difference jumps {max(ratios):.0f}x in one epoch: the mark of"
+        f" a discrete event (a ReLU input changing sign in one run only, say) amplifying"
+        f" rounding, not of a gradient error, which (a) bounds by {step_gap:.2g} at every"
+        f" step."
+    )
 
 
 def training_markdown(report: dict) -> str:
@@ -295,8 +347,10 @@ def training_markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in report["runs"].items():
-        lines.append(f"| {name} | {r['loss'][-1]:.4f} | {r['train_accuracy']:.4f} | "
-                     f"{_fmt(r['test_accuracy'])} | {r['seconds']:.2f} |")
+        lines.append(
+            f"| {name} | {r['loss'][-1]:.4f} | {r['train_accuracy']:.4f} | "
+            f"{_fmt(r['test_accuracy'])} | {r['seconds']:.2f} |"
+        )
     lines += ["", "![loss curves](loss_curves.png)", ""]
     if report["max_step_grad_diff"] is not None:
         a = report["agreement"]
@@ -307,9 +361,12 @@ def training_markdown(report: dict) -> str:
             f"- **(a) every step:** at each of the autodiff run's steps the hand gradient, "
             f"evaluated at the same parameters and batch, differs by at most "
             f"**{report['max_step_grad_diff']:.3g}** (relative, worst leaf; "
-            + (f"limit {a['step_grad_limit']:g})." if a["step_grad_limit"] is not None else
-               "float32: measured, not gated; near convergence a − onehot cancels and its "
-               "rounding is large against the gradient)."),
+            + (
+                f"limit {a['step_grad_limit']:g})."
+                if a["step_grad_limit"] is not None
+                else "float32: measured, not gated; near convergence a − onehot cancels and its "
+                "rounding is large against the gradient)."
+            ),
             f"- **(b) trajectories:** the relative parameter difference between the hand and "
             f"autodiff runs goes {pd[0]:.3g} → {pd[-1]:.3g} (first → last epoch); the "
             f"control, two autodiff runs started {report['control_perturbation']:.0e} apart, "

@@ -1,4 +1,5 @@
-"""Argument checks, in one place, in the seed's letters.
+"""Argument checks, in one place, in the seed's letters (public: `jax_ref` and new
+derivations use them too).
 
 Glossary (used in every message and docstring):
     N  batch size (rows of X, z and y)      D  input features
@@ -21,6 +22,7 @@ __all__ = [
     "check_logits",
     "check_mlp",
     "check_reg",
+    "float_array",
     "is_concrete",
     "label_mask",
     "reg_or_nan",
@@ -53,8 +55,9 @@ def _array(x, name: str, letters: str):
     return x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
 
 
-def _float_array(x, name: str, letters: str, ndim: int):
-    """`x` as a floating array of rank `ndim`, finite when concrete."""
+def float_array(x, name: str, letters: str, ndim: int):
+    """`x` as a floating array of rank `ndim`, finite when concrete; a ValueError naming
+    `name`, its expected shape in `letters` and what came otherwise."""
     x = _array(x, name, letters)
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {letters}, a {ndim}-D array; got shape {x.shape}")
@@ -79,7 +82,7 @@ def _same_dtype(name: str, x, ref_name: str, ref) -> None:
 
 def check_logits(z):
     """z: (N, C) floating, N >= 1, C >= 1."""
-    z = _float_array(z, "z", "(N, C)", 2)
+    z = float_array(z, "z", "(N, C)", 2)
     if z.shape[0] == 0:
         raise ValueError(f"z must have at least one row (N >= 1); got {_fmt('(N, C)', z.shape)}")
     if z.shape[1] == 0:
@@ -121,27 +124,27 @@ def check_mlp(params, X):
             f"params must be Params(W1, b1, W2, b2); got {type(params).__name__}"
             + (f" of length {len(params)}" if isinstance(params, tuple) else "")
         )
-    X = _float_array(X, "X", "(N, D)", 2)
+    X = float_array(X, "X", "(N, D)", 2)
     N, D = X.shape
     if N == 0:
         raise ValueError(f"X must have at least one row (N >= 1); got {_fmt('(N, D)', X.shape)}")
     x_is = f"X {_fmt('(N, D)', X.shape)}"
-    W1 = _float_array(params[0], "W1", "(D, H)", 2)
+    W1 = float_array(params[0], "W1", "(D, H)", 2)
     if W1.shape[0] != D:
         raise ValueError(f"W1 must be (D, H) = ({D}, H) to match {x_is}; got {W1.shape}")
     H = W1.shape[1]
     w1_is = f"W1 {_fmt('(D, H)', W1.shape)}"
-    b1 = _float_array(params[1], "b1", "(H,)", 1)
+    b1 = float_array(params[1], "b1", "(H,)", 1)
     if b1.shape != (H,):
         raise ValueError(f"b1 must be (H,) = ({H},) to match {w1_is}; got {b1.shape}")
-    W2 = _float_array(params[2], "W2", "(H, C)", 2)
+    W2 = float_array(params[2], "W2", "(H, C)", 2)
     if W2.shape[0] != H:
         raise ValueError(f"W2 must be (H, C) = ({H}, C) to match {w1_is}; got {W2.shape}")
     C = W2.shape[1]
     if C == 0:
         got = _fmt("(H, C)", W2.shape)
         raise ValueError(f"W2 must have at least one class (C >= 1); got {got}")
-    b2 = _float_array(params[3], "b2", "(C,)", 1)
+    b2 = float_array(params[3], "b2", "(C,)", 1)
     if b2.shape != (C,):
         raise ValueError(
             f"b2 must be (C,) = ({C},) to match W2 {_fmt('(H, C)', W2.shape)}; got {b2.shape}"

@@ -1,0 +1,251 @@
+"""The `handgrad` command: check, mutants, train. A layer above `handgrad` and `jax_ref`.
+
+Exit codes: 0 success, 1 a check failed (or a mutant survived), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {n}")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="handgrad",
+        description="Verify hand-derived gradients against autodiff and finite differences; "
+        "prove the checks can fail; train on the hand gradients.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser(
+        "check",
+        help="sweep every function and the derivation ledger; write gradcheck.json/.md/.png",
+    )
+    c.add_argument(
+        "--derivation",
+        action="append",
+        metavar="NAME",
+        help="check only this derivation (repeatable; default: all registered)",
+    )
+    c.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
+    c.add_argument("--seed", type=_positive_int, default=0)
+    c.add_argument(
+        "--examples",
+        type=_positive_int,
+        default=2,
+        help="random shapes beyond the 8 edge shapes (default 2)",
+    )
+    c.add_argument("--out", default="reports", help="report directory (default reports/)")
+    c.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+
+    m = sub.add_parser(
+        "mutants", help="run every check against every catalogued mutant; write mutants.json/.md"
+    )
+    m.add_argument(
+        "--derivation",
+        action="append",
+        metavar="NAME",
+        help="only this derivation's mutants (repeatable; default: all registered)",
+    )
+    m.add_argument("--seed", type=_positive_int, default=0)
+    m.add_argument("--out", default="reports")
+    m.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+
+    _add_train(sub)
+    return p
+
+
+def _add_train(sub) -> None:
+    from handgrad_cli.train import add_parser
+
+    add_parser(sub)
+
+
+def _x64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 checks need it; float32 stays float32
+
+
+def _derivations(names):
+    from jax_ref.derivations import get
+
+    return None if not names else [get(n) for n in names]
+
+
+def _check(args) -> int:
+    _x64()
+    import numpy as np
+
+    from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json, write_files
+    from jax_ref.sweep import run_check
+
+    dtypes = {"float32": (np.float32,), "float64": (np.float64,), "all": (np.float64, np.float32)}[
+        args.dtype
+    ]
+    try:
+        derivations = _derivations(args.derivation)
+    except ValueError as e:
+        print(f"handgrad check: error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    report = run_check(
+        seed=args.seed, dtypes=dtypes, examples=args.examples, derivations=derivations
+    )
+    seconds = time.perf_counter() - t0
+    files = {
+        "gradcheck.json": to_json(report),
+        "gradcheck.md": gradcheck_markdown(report),
+        "gradcheck.png": lambda path: plot_gradcheck(report, path),
+    }
+    written = write_files(args.out, files)
+    if args.json:
+        sys.stdout.write(to_json(report))
+    else:
+        _print_check_table(report)
+        print(
+            f"{'PASSED' if report['passed'] else 'FAILED'} in {seconds:.1f} s; wrote "
+            + ", ".join(str(w) for w in written)
+        )
+    return 0 if report["passed"] else 1
+
+
+def _print_check_table(report: dict) -> None:
+    from jax_ref.report import group_by
+
+    print(
+        f"{'function':20s} {'oracle':18s} {'dtype':8s} {'checks':>6s} {'failed':>6s} "
+        f"{'worst err/tol':>13s}"
+    )
+    for (f, o, d), g in group_by(report["checks"], ("function", "oracle", "dtype")).items():
+        worst = max((c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0) for c in g)
+        failed = sum(not c["passed"] for c in g)
+        print(f"{f:20s} {o:18s} {d:8s} {len(g):6d} {failed:6d} {worst:13.2e}")
+    bad = [e for e in report["ledger"] if not e["passed"]]
+    print(
+        f"ledger: {len(report['ledger']) - len(bad)}/{len(report['ledger'])} steps hold"
+        + (f"; first wrong: {bad[0]['chain']}: {bad[0]['step']}" if bad else "")
+    )
+
+
+def _progress(total: int, label: str):
+    """A tqdm bar when tqdm is installed, else one line per item on stderr."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        count = iter(range(1, total + 1))
+
+        def update(d, m):
+            print(f"  [{next(count)}/{total}] {d.name}: {m.name}", file=sys.stderr, flush=True)
+
+        update.close = lambda: None
+        return update
+    bar = tqdm(total=total, desc=label, unit="mutant", leave=False)
+
+    def update(d, m):
+        bar.set_postfix_str(f"{d.name}: {m.name}", refresh=False)
+        bar.update(1)
+
+    update.close = bar.close
+    return update
+
+
+def _mutants(args) -> int:
+    _x64()
+    from jax_ref.derivations import REGISTRY
+    from jax_ref.mutants import kill_matrix
+    from jax_ref.report import mutants_markdown, to_json, write_files
+
+    try:
+        derivations = _derivations(args.derivation) or list(REGISTRY.values())
+    except ValueError as e:
+        print(f"handgrad mutants: error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    bar = _progress(sum(len(d.mutants) for d in derivations), "mutants")
+    try:
+        matrix = kill_matrix(derivations, seed=args.seed, on_mutant=bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    rows = []
+    for r in matrix:
+        killers = {p: tag for p, tag in r.kills.items() if tag}
+        rows.append(
+            {
+                "derivation": r.derivation,
+                "name": r.mutant.name,
+                "description": r.mutant.description,
+                "reveals": r.mutant.reveals,
+                "killed": bool(killers),
+                "killed_by": sorted(killers),
+                "must_kill": list(r.mutant.must_kill),
+                "missed": [p for p in r.mutant.must_kill if p not in killers],
+                "first_kill": next(iter(killers.values()), None),
+                "harness_errors": r.errors,
+            }
+        )
+    errors = sum(bool(r["harness_errors"]) for r in rows)
+    report = {
+        "total": len(rows),
+        "killed": sum(r["killed"] for r in rows),
+        "harness_errors": errors,
+        "seed": args.seed,
+        "properties": {d.name: list(d.properties) for d in derivations},
+        "mutants": rows,
+    }
+    written = write_files(
+        args.out, {"mutants.json": to_json(report), "mutants.md": mutants_markdown(report)}
+    )
+    if args.json:
+        sys.stdout.write(to_json(report))
+    else:
+        for r in rows:
+            state = "killed  " if r["killed"] else "SURVIVED"
+            print(
+                f"{state} {r['derivation']}: {r['name']:24s} by "
+                f"{', '.join(r['killed_by']) or '-'}"
+                + (
+                    f"; HARNESS ERROR in {', '.join(r['harness_errors'])}"
+                    if r["harness_errors"]
+                    else ""
+                )
+            )
+        print(
+            f"{report['killed']}/{report['total']} killed, {errors} harness errors, in "
+            f"{seconds:.1f} s; wrote " + ", ".join(str(w) for w in written)
+        )
+    ok = report["killed"] == report["total"] and not errors and not any(r["missed"] for r in rows)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
+        return int(e.code or 0)
+    handlers = {"check": _check, "mutants": _mutants}
+    if args.command == "train":
+        from handgrad_cli.train import run
+
+        return run(args)
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`handgrad check` for the shipped derivations: every registered derivation's public
+functions over its deterministic cases, every oracle, then the derivation ledger, as one
+report (a dict shaped like gradcheck.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from typing import Any
+
+import jax
+import numpy as np
+
+import handgrad
+from jax_ref.check import CheckResult, check_gradients, compare
+from jax_ref.ledger import run_ledger
+from jax_ref.properties import leaf_names, outputs, scales_like
+from jax_ref.spec import Derivation, implementation
+from jax_ref.tolerances import tolerance
+
+__all__ = ["check_derivation", "run_check", "versions"]
+
+
+def versions() -> dict[str, str]:
+    import jaxlib
+
+    return {
+        "handgrad": handgrad.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _row(d: Derivation, function: str, case: str, r: CheckResult) -> dict[str, Any]:
+    return {"derivation": d.name, "function": function, "case": case, **r.to_dict()}
+
+
+def check_derivation(d: Derivation, case, tag: str) -> list[dict[str, Any]]:
+    """Rows for one case: each output against the referee, each gradient against finite
+    differences of the referee's loss."""
+    dtype = next(
+        np.asarray(x).dtype
+        for x in jax.tree.leaves(case)
+        if np.issubdtype(np.asarray(x).dtype, np.floating)
+    )
+    tol = tolerance(dtype)
+    rows = []
+    for o, (got, want) in zip(d.outputs, outputs(d, implementation(d), case)):
+        leaves_got, leaves_want = jax.tree.leaves(got), jax.tree.leaves(want)
+        scales = scales_like(want, o.scale(case))
+        for name, g, w, s in zip(leaf_names(o.parameter, want), leaves_got, leaves_want, scales):
+            rows.append(
+                _row(d, o.function, tag, compare(name, o.oracle, g, w, dtype, tol, scale=s))
+            )
+    hand = implementation(d)
+    for g in d.gradients:
+        args = g.args(case)
+        out = getattr(hand, g.function)(*args)
+        grads = out[1] if g.returns_loss else out
+        results = check_gradients(
+            g.loss,
+            lambda *_, grads=grads: grads,
+            *args,
+            oracles=("finite_difference",),
+            scales=None if g.scale is None else g.scale(case),
+        )
+        for r in results:
+            if g.parameter and r.parameter == "value":
+                r = dataclasses.replace(r, parameter=g.parameter)
+            rows.append(_row(d, g.function, tag, r))
+    return rows
+
+
+def run_check(
+    seed: int = 0,
+    dtypes=(np.float64, np.float32),
+    examples: int = 2,
+    derivations: list[Derivation] | None = None,
+    on_case=None,
+) -> dict:
+    """Every registered derivation (or those given) over its sweep: edge shapes,
+    `examples` random shapes, each dtype; then the ledger."""
+    from jax_ref.derivations import REGISTRY
+
+    derivations = list(REGISTRY.values()) if derivations is None else list(derivations)
+    checks: list[dict] = []
+    for d in derivations:
+        for case, tag in d.cases(seed, dtypes=dtypes, random_cases=examples):
+            checks += check_derivation(d, case, tag)
+            if on_case is not None:
+                on_case(d, tag)
+    ledger = [e.to_dict() for e in run_ledger(seed, derivations)]
+    passed = all(c["passed"] for c in checks) and all(e["passed"] for e in ledger)
+    return {
+        "passed": passed,
+        "seed": seed,
+        "versions": versions(),
+        "derivations": [d.name for d in derivations],
+        "checks": checks,
+        "ledger": ledger,
+    }
