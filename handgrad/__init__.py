@@ -6,18 +6,22 @@ C classes.
 """
 
 from handgrad.mlp import Params, init_params, mlp_forward, mlp_grads, mlp_loss
+from handgrad.sigmoid_bce import binary_cross_entropy, binary_cross_entropy_grad, sigmoid
 from handgrad.softmax_ce import cross_entropy, cross_entropy_grad, softmax, softmax_jacobian
 
 __version__ = "0.2.0"
 
 __all__ = [
     "Params",
+    "binary_cross_entropy",
+    "binary_cross_entropy_grad",
     "cross_entropy",
     "cross_entropy_grad",
     "init_params",
     "mlp_forward",
     "mlp_grads",
     "mlp_loss",
+    "sigmoid",
     "softmax",
     "softmax_jacobian",
 ]
