@@ -128,13 +128,27 @@ def _print_check_table(report: dict) -> None:
     from jax_ref.report import group_by
 
     print(
-        f"{'function':20s} {'oracle':18s} {'dtype':8s} {'checks':>6s} {'failed':>6s} "
-        f"{'worst err/tol':>13s}"
+        f"{'function':26s} {'oracle':18s} {'dtype':8s} {'checks':>6s} {'failed':>6s} "
+        f"{'inconcl.':>8s} {'worst err/tol':>13s}"
     )
     for (f, o, d), g in group_by(report["checks"], ("function", "oracle", "dtype")).items():
-        worst = max((c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0) for c in g)
-        failed = sum(not c["passed"] for c in g)
-        print(f"{f:20s} {o:18s} {d:8s} {len(g):6d} {failed:6d} {worst:13.2e}")
+        judged = [c for c in g if c["status"] != "inconclusive"]
+        worst = (
+            max((c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0) for c in judged)
+            if judged
+            else float("nan")
+        )
+        failed = sum(c["status"] == "failed" for c in g)
+        unsure = sum(c["status"] == "inconclusive" for c in g)
+        print(f"{f:26s} {o:18s} {d:8s} {len(g):6d} {failed:6d} {unsure:8d} {worst:13.2e}")
+    counts = report["counts"]
+    print(
+        f"checks: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['inconclusive']} inconclusive (not judged by that oracle); "
+        f"{len(report['unjudged'])} outputs judged by no oracle"
+    )
+    for u in report["unjudged"][:10]:
+        print(f"  not judged: {u}")
     bad = [e for e in report["ledger"] if not e["passed"]]
     print(
         f"ledger: {len(report['ledger']) - len(bad)}/{len(report['ledger'])} steps hold"

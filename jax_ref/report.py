@@ -90,6 +90,8 @@ def plot_gradcheck(report: dict, path) -> None:
     for (oracle, dtype), group in group_by(checks, ("oracle", "dtype")).items():
         xs, ys = [], []
         for c in group:
+            if _status(c) == "inconclusive":
+                continue
             i = functions.index(c["function"])
             jitter = (_jitter_seed(c) % 41 - 20) / 60
             ratio = c["max_rel_err"] / c["tolerance"] if c["tolerance"] > 0 else 0.0
@@ -103,6 +105,16 @@ def plot_gradcheck(report: dict, path) -> None:
             marker=markers.get(oracle, "o"),
             color=colors.get(dtype, "gray"),
             label=f"{oracle}, {dtype}",
+        )
+    gray = [c for c in checks if _status(c) == "inconclusive"]
+    if gray:
+        ax.scatter(
+            [functions.index(c["function"]) + (_jitter_seed(c) % 41 - 20) / 60 for c in gray],
+            [floor * 2] * len(gray),
+            s=14,
+            marker="x",
+            color="gray",
+            label=f"inconclusive: not judged ({len(gray)})",
         )
     ax.axhline(1.0, color="red", lw=1)
     ax.text(len(functions) - 0.5, 1.3, "fails above this line", color="red", ha="right", fontsize=8)
@@ -136,46 +148,86 @@ def cell(x) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
+def _status(c: dict) -> str:
+    return c.get("status", "passed" if c["passed"] else "failed")
+
+
 def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
     checks, ledger = report["checks"], report["ledger"]
-    n_fail = sum(not c["passed"] for c in checks)
+    counts = {s: sum(_status(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")}
     l_fail = sum(not e["passed"] for e in ledger)
+    unjudged = report.get("unjudged", [])
     v = report["versions"]
     lines = [
         "# handgrad check",
         "",
-        f"**{_verdict(report['passed'])}** — {len(checks) - n_fail}/{len(checks)} checks and "
+        f"**{_verdict(report['passed'])}** — of {len(checks)} checks, {counts['passed']} "
+        f"passed, {counts['failed']} failed and {counts['inconclusive']} were inconclusive "
+        f"(the oracle could not judge: never counted as a pass); "
+        f"{len(unjudged)} outputs no oracle could judge; "
         f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold (seed {report['seed']}; "
         f"derivations: {', '.join(report.get('derivations', []))}).",
         "",
         "Versions: " + ", ".join(f"{k} {v[k]}" for k in v) + ".",
         "",
-        "Errors are norm-wise relative: the largest |hand − oracle| over the leaf, divided by"
-        " the leaf's natural scale (see `jax_ref/tolerances.py`). Oracles: `autodiff`"
-        " (`jax.grad` of the referee), `referee` (forward values written independently),"
-        " `finite_difference` (float64 central differences along random directions).",
+        "How to read it. Errors are norm-wise relative: the largest |hand − oracle| over the"
+        " leaf, divided by the leaf's natural scale (see `jax_ref/tolerances.py`). Oracles:"
+        " `autodiff` (`jax.grad` of the referee; float32 results against the float64 golden"
+        " value under a precision budget), `referee` (forward values written independently),"
+        " `finite_difference` (float64 central differences along random sign directions;"
+        " its errors are per direction). *detects ≥* is the smallest relative error in one"
+        " element that the check would have flagged: a check passes only errors below it."
+        " *Inconclusive* means the oracle could not judge that leaf (a kink exactly at the"
+        " point, a loss flat at its rounding resolution); the run passes only if no check"
+        " failed and another oracle judged every such leaf.",
         "",
         f"![error against tolerance]({png_name})",
         "",
     ]
+    if unjudged:
+        lines += ["**Not judged by any oracle:**", ""] + [f"- {cell(u)}" for u in unjudged] + [""]
     for (derivation, function), rows in group_by(checks, ("derivation", "function")).items():
         lines += [
             f"## `{derivation}`: `{function}`",
             "",
-            "| parameter | dtype | oracle | checks | passed | worst rel err | tolerance |"
-            " worst case |",
-            "|---|---|---|---:|---:|---:|---:|---|",
+            "| parameter | dtype | oracle | checks | passed | failed | inconclusive |"
+            " worst rel err | its tolerance | detects ≥ | worst case |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for (param, dtype, oracle), g in group_by(rows, ("parameter", "dtype", "oracle")).items():
+            judged = [c for c in g if _status(c) != "inconclusive"] or g
             worst = max(
-                g, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0
+                judged, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0
             )
-            passed = sum(c["passed"] for c in g)
+            n = {s: sum(_status(c) == s for c in g) for s in ("passed", "failed", "inconclusive")}
+            det = max(
+                (
+                    c.get("detectable_rel_err", math.nan)
+                    for c in judged
+                    if _status(c) != "inconclusive"
+                ),
+                default=math.nan,
+            )
             lines.append(
-                f"| {cell(param)} | {dtype} | {oracle} | {len(g)} | {passed} | "
-                f"{_fmt(worst['max_rel_err'])} | {_fmt(worst['tolerance'])} | "
-                f"{cell(worst['case'])} |"
+                f"| {cell(param)} | {dtype} | {oracle} | {len(g)} | {n['passed']} | "
+                f"{n['failed'] or ''}{' ❌' if n['failed'] else ''} | "
+                f"{n['inconclusive'] or ''} | {_fmt(worst['max_rel_err'])} | "
+                f"{_fmt(worst['tolerance'])} | {_fmt(det)} | {cell(worst['case'])} |"
             )
+        lines.append("")
+    reasons = collections.Counter(
+        (c["derivation"], c["oracle"], c["note"].split(":")[0])
+        for c in checks
+        if _status(c) == "inconclusive"
+    )
+    if reasons:
+        lines += [
+            "## Why some checks were inconclusive",
+            "",
+            "| derivation | oracle | reason | checks |",
+            "|---|---|---|---:|",
+        ]
+        lines += [f"| {d} | {o} | {cell(why)} | {n} |" for (d, o, why), n in reasons.items()]
         lines.append("")
     lines += [
         "## The derivation ledger",

@@ -12,13 +12,13 @@ import jax
 import numpy as np
 
 import handgrad
-from jax_ref.check import CheckResult, check_gradients, compare
+from jax_ref.check import STATUSES, CheckResult, check_gradients, compare
 from jax_ref.ledger import run_ledger
 from jax_ref.properties import leaf_names, outputs, scales_like
 from jax_ref.spec import Derivation, implementation
 from jax_ref.tolerances import tolerance
 
-__all__ = ["check_derivation", "run_check", "versions"]
+__all__ = ["check_derivation", "run_check", "unjudged_leaves", "versions"]
 
 
 def versions() -> dict[str, str]:
@@ -92,12 +92,25 @@ def run_check(
             if on_case is not None:
                 on_case(d, tag)
     ledger = [e.to_dict() for e in run_ledger(seed, derivations)]
-    passed = all(c["passed"] for c in checks) and all(e["passed"] for e in ledger)
+    counts = {s: sum(c["status"] == s for c in checks) for s in STATUSES}
+    unjudged = unjudged_leaves(checks)
+    passed = counts["failed"] == 0 and not unjudged and all(e["passed"] for e in ledger)
     return {
         "passed": passed,
         "seed": seed,
         "versions": versions(),
         "derivations": [d.name for d in derivations],
+        "counts": counts,
+        "unjudged": unjudged,
         "checks": checks,
         "ledger": ledger,
     }
+
+
+def unjudged_leaves(checks: list[dict]) -> list[str]:
+    """The (derivation, function, case, parameter) that no oracle judged conclusively."""
+    judged: dict[str, bool] = {}
+    for c in checks:
+        key = f"{c['derivation']}: {c['function']} {c['parameter']} ({c['case']})"
+        judged[key] = judged.get(key, False) or c["status"] != "inconclusive"
+    return [k for k, ok in judged.items() if not ok]

@@ -17,10 +17,12 @@ Measured: over the seed sweep (`jax_ref.cases.sweep`, 48 shapes x both dtypes, l
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TOLERANCES", "rel_error", "tolerance"]
+__all__ = ["BUDGETS", "TOLERANCES", "Budget", "budget", "rel_error", "tolerance", "unit_roundoff"]
 
 TOLERANCES: dict[str, float] = {
     # u = 1.1e-16. 1e-10 covers the worst-case n·u of reductions up to n ~ 10^6 (typical
@@ -34,6 +36,41 @@ TOLERANCES: dict[str, float] = {
     "float16": 1e-2,  # u = 4.9e-4
     "bfloat16": 8e-2,  # u = 3.9e-3
 }
+
+
+class Budget(NamedTuple):
+    """A low-precision gradient passes when err(hand) <= k · err(baseline) + floor, both
+    errors against the float64 golden value (see `budget`)."""
+
+    k: float
+    floor: float
+
+
+# Precision budgets for gradients computed in a low precision (the FlashAttention tests'
+# rule, made explicit): the golden value is autodiff of the loss in float64 at the same
+# point; the baseline is autodiff at the gradient's own dtype, i.e. what the dtype allows
+# for this computation. k = 4: a correct hand computation rounds in another order than
+# autodiff's, so its error is a different draw of the same size; measured over the handgrad
+# sweep the ratio stays below 2.5, and 4 leaves room without letting a real mistake (an
+# O(1) or a 1e-5 relative error in float32) through. The floor covers a baseline that is
+# exact by luck (a saturated softmax: autodiff's 0 - 1 rounds to exactly -1): 8 unit
+# roundoffs, a few roundings of the result itself. Measured: a float32 gradient 1e-5
+# relative wrong fails (autodiff's float32 error is ~1e-7 there: threshold ~9e-7).
+BUDGETS: dict[str, Budget] = {
+    "float32": Budget(4.0, 8 * 2.0**-24),  # floor 4.8e-7
+    "bfloat16": Budget(4.0, 8 * 2.0**-9),  # floor 1.6e-2
+    "float16": Budget(4.0, 8 * 2.0**-11),  # floor 3.9e-3
+}
+
+
+def budget(dtype) -> Budget | None:
+    """The precision budget for a gradient of `dtype`, or None (float64: the table)."""
+    return BUDGETS.get(jnp.dtype(dtype).name)
+
+
+def unit_roundoff(dtype) -> float:
+    """u = eps / 2 of a floating dtype."""
+    return float(jnp.finfo(dtype).eps) / 2
 
 
 def tolerance(dtype) -> float:

@@ -32,7 +32,17 @@ def test_check_writes_deterministic_reports(tmp_path):
     assert (tmp_path / "again.png").read_bytes() == (a / "gradcheck.png").read_bytes()
     report = json.loads((a / "gradcheck.json").read_text())
     assert report["passed"] and report["seed"] == 0
-    assert set(report) == {"passed", "seed", "versions", "derivations", "checks", "ledger"}
+    assert set(report) == {
+        "passed",
+        "seed",
+        "versions",
+        "derivations",
+        "counts",
+        "unjudged",
+        "checks",
+        "ledger",
+    }
+    assert sum(report["counts"].values()) == len(report["checks"])
     assert report["derivations"] == ["softmax_ce"]
     keys = {
         "function",
@@ -65,6 +75,8 @@ def test_check_exits_1_when_a_check_fails(tmp_path, monkeypatch):
             "seed": 0,
             "versions": {},
             "ledger": [],
+            "unjudged": [],
+            "counts": {"passed": 0, "failed": 1, "inconclusive": 0},
             "checks": [
                 {
                     "derivation": "mlp",
@@ -81,6 +93,7 @@ def test_check_exits_1_when_a_check_fails(tmp_path, monkeypatch):
                     "got": 1.0,
                     "want": 0.0,
                     "passed": False,
+                    "status": "failed",
                     "note": "",
                 }
             ],

@@ -222,7 +222,7 @@ DERIVATION = Derivation(
             binary_cross_entropy,
             tuple,
             scale=_scale("binary_cross_entropy_grad"),
-            parameter="z",
+            parameter="∂L/∂z",
         ),
     ),
     cases=cases,

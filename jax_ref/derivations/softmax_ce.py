@@ -390,7 +390,7 @@ DERIVATION = Derivation(
             cross_entropy,
             tuple,
             scale=_scale("cross_entropy_grad"),
-            parameter="z",
+            parameter="∂L/∂z",
         ),
     ),
     cases=cases,
