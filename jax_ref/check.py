@@ -345,37 +345,68 @@ _NOISE = 5  # extra points for the noise estimate (ECnoise differences of order 
 _STENCIL = (1.0, 0.5, 0.25)  # t = ±h·s: three central differences
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _phi(loss_fn, treedef, leaves, dirs, ts, ks, masks, *args):
-    """loss_fn at leaves + t_m · mask_ml · dirs_l[k_m], for every point m, in one call."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _phi(loss_fn, treedef, moving, batched, leaves, dirs, ts, ks, masks, *args):
+    """loss_fn at leaves + t_m · mask_ml · dirs_l[k_m], for every point m, in one call.
+
+    Small problems: one program for every probe (`moving` None: the masks say which
+    leaves move), so a test suite compiles once per shape. Big problems: `moving` names
+    the leaves that move (static), so the others stay constants and XLA computes what
+    they alone determine once (X·W1 while probing W2); the points are then vmapped when
+    the moving leaves are small, and evaluated one after another when they are large (a
+    batch of perturbed copies of a big leaf costs more memory traffic than it saves)."""
 
     def one(point):
         t, k, m = point
-        moved = [
-            x if d is None else x + (t * m[i]) * d[k] for i, (x, d) in enumerate(zip(leaves, dirs))
-        ]
+        moved = []
+        for i, (x, d) in enumerate(zip(leaves, dirs)):
+            still = d is None or (moving is not None and not moving[i])
+            moved.append(x if still else x + (t * m[i]) * d[k])
         return loss_fn(jax.tree.unflatten(treedef, moved), *args)
 
+    if batched:
+        return jax.vmap(one)((ts, ks, masks))
     return jax.lax.map(one, (ts, ks, masks))
 
 
+_BIG = 1 << 16  # elements: a problem this big compiles a program per probed leaf
+_SCREEN_FROM = 8  # leaves: fewer are probed one by one
+
+
 class _Probe:
-    """Evaluates the loss at stencil points, a fixed number per call (one compilation)."""
+    """Evaluates the loss at stencil points, a fixed number per call."""
 
     def __init__(self, loss_fn, treedef, leaves, args, size):
         self.loss_fn, self.treedef, self.leaves, self.args = loss_fn, treedef, leaves, args
         self.size = size
+        self.big = sum(int(np.size(x)) for x in leaves) > _BIG
 
     def __call__(self, dirs, points):
         """points: [(t, k, mask)], mask a float vector over leaves. Returns φ values."""
+        mask = points[0][2]
+        moving, batched = None, False
+        if self.big:
+            moving = tuple(bool(m) for m in mask)
+            batched = sum(int(np.size(x)) for x, m in zip(self.leaves, moving) if m) <= _BIG
         out = []
         for start in range(0, len(points), self.size):
             chunk = points[start : start + self.size]
-            pad = chunk + [(0.0, 0, chunk[0][2])] * (self.size - len(chunk))
+            pad = chunk + [(0.0, 0, mask)] * (self.size - len(chunk))
             ts = np.array([p[0] for p in pad], np.float64)
             ks = np.array([p[1] for p in pad], np.int32)
             ms = np.array([p[2] for p in pad], np.float64)
-            vals = _phi(self.loss_fn, self.treedef, self.leaves, dirs, ts, ks, ms, *self.args)
+            vals = _phi(
+                self.loss_fn,
+                self.treedef,
+                moving,
+                batched,
+                self.leaves,
+                dirs,
+                ts,
+                ks,
+                ms,
+                *self.args,
+            )
             out += [float(v) for v in np.asarray(vals)[: len(chunk)]]
         return out
 
@@ -513,17 +544,22 @@ class _Engine:
 
     def __init__(self, probe, leaves, n_leaves, K, rng):
         self.probe, self.leaves, self.n_leaves, self.K, self.rng = probe, leaves, n_leaves, K, rng
-        self.f0 = None
+        self.last = None  # the directions of the last round
 
     def _dirs(self, only=None, density=1.0):
-        """K sign directions per leaf, scaled by the leaf's s; None for other leaves. With
+        """K sign directions per leaf, scaled by the leaf's s (None for a leaf that is not
+        probed). With `only`, the other leaves keep their last directions: the mask leaves
+        them still, and the structure (hence the compilation) stays the same. With
         density < 1 each element takes part with that probability (at least one does):
         sparse directions, which can step around a kink that sits exactly at the point."""
         dirs = []
         for i in range(self.n_leaves):
             leaf = self.leaves.get(i)
-            if leaf is None or (only is not None and i != only):
+            if leaf is None:
                 dirs.append(None)
+                continue
+            if only is not None and i != only and self.last is not None:
+                dirs.append(self.last[i])
                 continue
             r = _rademacher(self.rng, (self.K, *leaf.shape))
             if density < 1.0:
@@ -534,6 +570,7 @@ class _Engine:
                         flat[k, self.rng.integers(flat.shape[1])] = True
                 r = r * flat.reshape(r.shape)
             dirs.append(jnp.asarray(r * leaf.s))
+        self.last = dirs
         return dirs
 
     def _mask(self, only=None):
@@ -573,8 +610,10 @@ class _Engine:
         return out
 
     def screen(self) -> dict[int, CheckResult]:
-        """All leaves at once along K shared directions. Returns the leaves it settles."""
-        if len(self.leaves) < 2:
+        """All leaves at once along K shared directions. Returns the leaves it settles.
+        Worth it only with many leaves: a few are cheaper probed one by one (small ones
+        vmapped), and a ReLU network's big leaf forces the shared step down anyway."""
+        if len(self.leaves) < _SCREEN_FROM:
             return {}
         dirs, mask, h = self._dirs(), self._mask(), _H
         for _ in range(4):
@@ -582,6 +621,10 @@ class _Engine:
             if all(r.verdict != "non-finite" for r in rows):
                 break
             h /= 16
+        redo = [k for k, r in enumerate(rows) if r.verdict in ("kink", "kink at 0")]
+        if redo:  # a kink in [-h, h]: look 64x closer
+            for k, r in zip(redo, self._round(dirs, h / 64, mask, redo)):
+                rows[k] = r
         if any(r.verdict != "smooth" for r in rows):
             return {}
         diffs, alloweds, hands = [], [], []
@@ -748,7 +791,7 @@ class _Engine:
         mask = self._mask(only=i)
         for start in range(0, len(coords), self.K):
             chunk = list(coords[start : start + self.K])
-            dirs = [None] * self.n_leaves
+            dirs = list(self._dirs()) if self.last is None else list(self.last)
             d = np.zeros((self.K, leaf.n))
             for k, c in enumerate(chunk):
                 d[k, c] = leaf.s

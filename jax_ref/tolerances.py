@@ -50,14 +50,16 @@ class Budget(NamedTuple):
 # rule, made explicit): the golden value is autodiff of the loss in float64 at the same
 # point; the baseline is autodiff at the gradient's own dtype, i.e. what the dtype allows
 # for this computation. k = 4: a correct hand computation rounds in another order than
-# autodiff's, so its error is a different draw of the same size; measured over the handgrad
-# sweep the ratio stays below 2.5, and 4 leaves room without letting a real mistake (an
-# O(1) or a 1e-5 relative error in float32) through. The floor covers a baseline that is
-# exact by luck (a saturated softmax: autodiff's 0 - 1 rounds to exactly -1): 8 unit
-# roundoffs, a few roundings of the result itself. Measured: a float32 gradient 1e-5
-# relative wrong fails (autodiff's float32 error is ~1e-7 there: threshold ~9e-7).
+# autodiff's, so its error is another draw of the same size. The floor covers a baseline
+# that is exact by luck (a saturated softmax: autodiff's 0 - 1 rounds to exactly -1), where
+# the ratio means nothing: 16 unit roundoffs in float32, 8 in the 16-bit types (whose u is
+# already coarse). Measured on handgrad's mlp_grads, cross_entropy_grad and
+# binary_cross_entropy_grad over 80 cases per dtype (edge shapes, logits to 1e4): the
+# largest correct error is 6.4e-7 in float32 and 0.045 in bfloat16, all within budget,
+# and hand/baseline reaches 34 only where the baseline is tiny (the floor decides there).
+# A float32 gradient 1e-5 relative wrong fails: autodiff's own error is ~1e-7 there.
 BUDGETS: dict[str, Budget] = {
-    "float32": Budget(4.0, 8 * 2.0**-24),  # floor 4.8e-7
+    "float32": Budget(4.0, 16 * 2.0**-24),  # floor 9.5e-7
     "bfloat16": Budget(4.0, 8 * 2.0**-9),  # floor 1.6e-2
     "float16": Budget(4.0, 8 * 2.0**-11),  # floor 3.9e-3
 }

@@ -40,13 +40,21 @@ def test_hand_gradient_matches_autodiff_at_every_step_float64():
     assert h.max_grad_diff <= 1e-10
 
 
-def test_a_wrong_gradient_is_seen_along_the_run():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_one_percent_wrong_gradient_fails_the_step_gate(dtype):
+    """The step gate (handgrad train's (a)) at each dtype's table tolerance, errors on each
+    leaf's natural scale: a gradient 1 % wrong in one leaf fails in float32 too."""
+    from handgrad_cli.train import STEP_AGREEMENT
+
     def wrong(p, X, y, reg):
         loss, g = hg.mlp_grads(p, X, y, reg)
-        return loss, g._replace(b2=2 * g.b2)
+        return loss, g._replace(b2=1.01 * g.b2)
 
-    h = _fit(np.float64, grad_fn=jax_ref.mlp_grads, probe_fn=wrong, cfg=dict(epochs=2))
-    assert h.max_grad_diff > 0.1
+    name = np.dtype(dtype).name
+    h = _fit(dtype, grad_fn=jax_ref.mlp_grads, probe_fn=wrong, cfg=dict(epochs=2))
+    assert h.max_grad_diff > STEP_AGREEMENT[name]
+    h = _fit(dtype, grad_fn=jax_ref.mlp_grads, probe_fn=hg.mlp_grads, cfg=dict(epochs=2))
+    assert h.max_grad_diff <= STEP_AGREEMENT[name]
 
 
 def test_bad_training_arguments():
