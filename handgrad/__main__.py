@@ -3,6 +3,6 @@
 
 import sys
 
-from handgrad_cli import main
+from handgrad_cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -247,6 +247,36 @@ def _mutants(args) -> int:
     return 0 if ok else 1
 
 
+def _compilation_cache() -> None:
+    """Keep XLA's compiled programs between runs (JAX's persistent compilation cache), so
+    a second `handgrad check` skips most of its compiling. In $HANDGRAD_CACHE_DIR, else
+    $XDG_CACHE_HOME/handgrad/xla or ~/.cache/handgrad/xla; HANDGRAD_CACHE_DIR=off turns it
+    off. Only for the program: tests calling `main` keep a process without it."""
+    import os
+    from pathlib import Path
+
+    where = os.environ.get("HANDGRAD_CACHE_DIR")
+    if where == "off":
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    path = Path(where) if where else Path(base) / "handgrad" / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # no writable cache: run without one
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def run() -> int:
+    """The `handgrad` program: `main` with the compilation cache."""
+    _compilation_cache()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:

@@ -298,7 +298,7 @@ def _explain(res: CheckResult, engine, li, g, r, most=6) -> CheckResult:
         return res
     leaf = engine.leaves[li]
     rows = engine.coordinates(li, coords)
-    smooth = [(c, d) for c, d in zip(coords, rows) if d.verdict in ("smooth", "flat")]
+    smooth = [(c, d) for c, d in zip(coords, rows) if d.verdict in ("smooth", "flat", "constant")]
     for c, d in smooth:
         hand, ad = leaf.s * g.ravel()[c], leaf.s * r.ravel()[c]
         if abs(hand - d.est) > d.bound + abs(ad - d.est):
@@ -445,11 +445,16 @@ def _directional(f0, fp, fm, h, eps, sigma) -> _Dir:
     fmax = max(abs(v) for v in values)
     noise1 = max(eps * fmax, sigma)  # rounding in one value
     one_side = [f0, *fp], [f0, *fm]
-    if any(len(set(side)) < len(side) for side in one_side):
-        # Two points on one side tie exactly: the loss is quantized at the step's scale (a
-        # saturated softmax, a piecewise-constant loss). The slope is measurable only down
-        # to one quantum over the step: |φ'| <= ~quantum / h.
-        quantum = max(float(np.ptp(values)), noise1)
+    if all(len(set(side)) < len(side) for side in one_side):
+        # Points tie exactly on both sides: the loss is quantized at the step's scale (a
+        # saturated softmax, a piecewise-constant loss). Ties on one side only are a kink's
+        # (a ReLU at 0 is constant on one side): the differences below tell those apart.
+        # The slope is measurable only down to one quantum over the step: |φ'| <= ~q / h.
+        # A loss that rounds to the same value may hide its scale (lse(z) - z_y is 0.0 at
+        # saturated logits while it rounds at ε|z|): the quantum is at least ε·max(|φ|, 1).
+        quantum = max(float(np.ptp(values)), noise1, eps * max(fmax, 1.0))
+        if len(set(values)) == 1:  # exactly constant along this direction
+            return _Dir(0.0, 2 * quantum / h, "constant")
         return _Dir((fp[0] - fm[0]) / (2 * h), 2 * quantum / h, "flat")
     D = [(p - m) / (2 * s * h) for s, p, m in zip(_STENCIL, fp, fm)]
     S = [(p - 2 * f0 + m) / (s * h) for s, p, m in zip(_STENCIL, fp, fm)]
@@ -462,7 +467,9 @@ def _directional(f0, fp, fm, h, eps, sigma) -> _Dir:
     jump = abs(2 * S[2] - S[1])
     richardson = D[2] - d2 / 3  # (4 D(h/4) - D(h/2)) / 3, error O(h⁴)
     bound = 3 * noise + abs(d2) / 3 + abs(d1 - 4 * d2) / 12
-    if jump > 4 * noise + 16 * bound:
+    # A jump above what noise and the smooth terms can make is a kink at 0 (its noise is at
+    # most ~1.25 noise; for a smooth φ it is O(h³), below the O(h²) differences d1, d2).
+    if jump > 4 * noise + 4 * (abs(d1) + abs(d2)):
         # one-sided slopes, Richardson-extrapolated: 2 F(h/4) - F(h/2)
         F = [(p - f0) / (s * h) for s, p in zip(_STENCIL, fp)]
         B = [(f0 - m) / (s * h) for s, m in zip(_STENCIL, fm)]
@@ -625,7 +632,7 @@ class _Engine:
         if redo:  # a kink in [-h, h]: look 64x closer
             for k, r in zip(redo, self._round(dirs, h / 64, mask, redo)):
                 rows[k] = r
-        if any(r.verdict != "smooth" for r in rows):
+        if any(r.verdict not in ("smooth", "constant") for r in rows):
             return {}
         diffs, alloweds, hands = [], [], []
         for k, r in enumerate(rows):
@@ -685,7 +692,7 @@ class _Engine:
         diffs, alloweds, hands = [], [], []
         tried, kinks, flat, at_point, between, nonfinite, h = 0, 0, 0, 0, 0, 0, _H
         failed_flat = []
-        density, covered = 1.0, np.zeros(leaf.n, bool)
+        density, covered, supports = 1.0, np.zeros(leaf.n, bool), []
         while len(diffs) < self.K and tried < max_tries:
             dirs = self._dirs(only=i, density=density)
             tried += self.K
@@ -709,23 +716,21 @@ class _Engine:
                     at_point += 1
                     lo, hi = min(r.left, r.right), max(r.left, r.right)
                     between += lo - r.bound - budget_k <= hand <= hi + r.bound + budget_k
-                elif r.verdict == "flat":
-                    flat += 1
-                    if abs(hand - r.est) > r.bound + budget_k:
-                        failed_flat.append((abs(hand - r.est), r.bound + budget_k, hand, r.est))
-                else:
+                elif r.verdict in ("flat", "constant") and abs(hand - r.est) <= r.bound + budget_k:
+                    flat += 1  # agrees, but the loss shows no slope to agree with
+                else:  # smooth; or flat and the hand gradient predicts a change it does not show
+                    if r.verdict in ("flat", "constant"):
+                        failed_flat.append(k)
                     diffs.append(abs(hand - r.est))
                     alloweds.append(r.bound + budget_k)
                     hands.append((hand, r.est))
-                    covered |= np.asarray(dirs[i][k]).ravel() != 0
+                    support = np.asarray(dirs[i][k]).ravel() != 0
+                    supports.append(support)
+                    covered |= support
             if any(r.verdict == "kink at 0" for r in rows) and len(diffs) < self.K:
                 # every direction so far crosses a kink sitting at the point: try sparser
                 # ones, which may step around the kinked elements
                 density = max(density / 4, 1.0 / max(leaf.n, 1))
-        for d, a, hnd, est in failed_flat:
-            diffs.append(d)
-            alloweds.append(a)
-            hands.append((hnd, est))
         parts = [f"{len(diffs) - len(failed_flat)} directions judged of {tried}"]
         if kinks:
             parts.append(f"{kinks} skipped at kinks near the point")
@@ -769,6 +774,32 @@ class _Engine:
                 "direction",
             )
         ok = all(d <= a for d, a in zip(diffs, alloweds))
+        if not ok:
+            bad = [sup for d, a, sup in zip(diffs, alloweds, supports) if d > a]
+            if not any(self._smooth_elements(i, sup) for sup in bad):
+                # At a point where the loss is not differentiable, a direction along which
+                # slope jumps of opposite sign cancel looks smooth, yet its slope is not the
+                # convention's: a disagreement there says nothing about the gradient.
+                return CheckResult(
+                    leaf.name,
+                    "finite_difference",
+                    jnp.dtype(leaf.gdtype).name,
+                    leaf.shape,
+                    float(max(diffs)),
+                    math.nan,
+                    math.nan,
+                    (),
+                    math.nan,
+                    math.nan,
+                    "inconclusive",
+                    "finite differences disagree, but the loss is not smooth at the point "
+                    "along every element the disagreeing directions move (a kink, or flat at "
+                    "its resolution): through a kink whose slope jumps cancel, the slope is "
+                    f"not the gradient's convention, so the disagreement proves nothing: {note}",
+                    math.inf,
+                    None,
+                    "direction",
+                )
         # an error δ in one element moves every direction's hand value by s |δ|: flagged
         # once s |δ| exceeds the allowance plus what is already there (a failure: its
         # allowance alone is the resolution)
@@ -784,6 +815,16 @@ class _Engine:
                 f"{covered.sum()} of {leaf.n} elements, the others cannot be judged: {note}"
             )
         return self._result(leaf, status, diffs, alloweds, hands, det, note)
+
+    def _smooth_elements(self, i, support, most=24) -> bool:
+        """Is the loss smooth at the point along each element a direction moved (all of a
+        small support, a random `most` of a big one)? A failure is confirmed only then:
+        along a direction through a kink whose slope jumps of opposite sign cancel, the
+        loss looks smooth but its slope is not the gradient's convention."""
+        idx = np.flatnonzero(support)
+        coords = idx if idx.size <= most else self.rng.choice(idx, most, False)
+        rows = self.coordinates(i, [int(c) for c in coords])
+        return all(d.verdict in ("smooth", "constant") for d in rows)
 
     def coordinates(self, i, coords) -> list[_Dir]:
         """The loss along single elements of leaf i (for explaining a disagreement)."""

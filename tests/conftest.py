@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 jax.config.update("jax_enable_x64", True)
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
-settings.register_profile("default", max_examples=25, **_common)
+settings.register_profile("default", max_examples=15, **_common)
 settings.register_profile("ci", max_examples=100, **_common)
 _profile = os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
 settings.load_profile(_profile)

@@ -547,6 +547,7 @@ case(
         "all winners get 1": lambda x: (x == x.max()).astype(x.dtype),
         "negated": lambda x: -max_grad_first(x),
     },
+    fd_blind=("all winners get 1", "negated"),
     ad_blind=("all winners get 1", "negated"),
 )
 

@@ -102,14 +102,14 @@ def test_the_seed_mlp_passes(dtype):
     jr.assert_gradients(jr.mlp_loss, hg.mlp_grads, *case, returns_loss=True)
 
 
-def test_large_relu_mlp():
-    """784-256-10 (203k parameters), N = 64, float64: passes; the same gradient rounded to
+def test_larger_relu_mlp():
+    """784-64-10 (50k parameters), N = 64, float64: passes; the same gradient rounded to
     float32 fails (benchmarks/bench_check.py times the 814k-parameter 784-1024-10)."""
     key = jax.random.PRNGKey(0)
-    params = hg.init_params(key, 784, 256, 10, dtype=jnp.float64)
+    params = hg.init_params(key, 784, 64, 10, dtype=jnp.float64)
     X = jax.random.normal(jax.random.PRNGKey(1), (64, 784), jnp.float64)
     y = jax.random.randint(jax.random.PRNGKey(2), (64,), 0, 10)
-    assert sum(p.size for p in params) == 203530
+    assert sum(p.size for p in params) == 50890
     grads = jax.jit(hg.mlp_grads)
     results = jr.check_gradients(jr.mlp_loss, grads, params, X, y, returns_loss=True)
     assert all(r.passed for r in results), [r.describe() for r in results if not r.passed]

@@ -23,7 +23,7 @@ def test_check_writes_deterministic_reports(tmp_path):
     from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json
 
     a = tmp_path / "a"
-    quick = ["check", "--derivation", "softmax_ce", "--dtype", "float32", "--examples", "0"]
+    quick = ["check", "--derivation", "sigmoid_bce", "--dtype", "float32", "--examples", "0"]
     assert main([*quick, "--out", str(a)]) == 0
     again = json.loads((a / "gradcheck.json").read_text())
     assert to_json(again) == (a / "gradcheck.json").read_text()
@@ -43,7 +43,7 @@ def test_check_writes_deterministic_reports(tmp_path):
         "ledger",
     }
     assert sum(report["counts"].values()) == len(report["checks"])
-    assert report["derivations"] == ["softmax_ce"]
+    assert report["derivations"] == ["sigmoid_bce"]
     keys = {
         "function",
         "parameter",
@@ -58,7 +58,7 @@ def test_check_writes_deterministic_reports(tmp_path):
     }
     assert all(keys <= set(c) for c in report["checks"])
     assert {c["oracle"] for c in report["checks"]} == {"autodiff", "referee", "finite_difference"}
-    assert {c["derivation"] for c in report["checks"]} == {"softmax_ce"}
+    assert {c["derivation"] for c in report["checks"]} == {"sigmoid_bce"}
     assert all(
         {"chain", "step", "equation", "max_abs_err", "passed"} <= set(e) for e in report["ledger"]
     )
