@@ -384,7 +384,7 @@ class _Probe:
     def __call__(self, dirs, points):
         """points: [(t, k, mask)], mask a float vector over leaves. Returns φ values."""
         mask = points[0][2]
-        moving, batched = None, False
+        moving, batched = None, True
         if self.big:
             moving = tuple(bool(m) for m in mask)
             batched = sum(int(np.size(x)) for x, m in zip(self.leaves, moving) if m) <= _BIG

@@ -102,6 +102,7 @@ def test_the_seed_mlp_passes(dtype):
     jr.assert_gradients(jr.mlp_loss, hg.mlp_grads, *case, returns_loss=True)
 
 
+@pytest.mark.slow
 def test_larger_relu_mlp():
     """784-64-10 (50k parameters), N = 64, float64: passes; the same gradient rounded to
     float32 fails (benchmarks/bench_check.py times the 814k-parameter 784-1024-10)."""

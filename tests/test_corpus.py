@@ -19,6 +19,7 @@ from corpus import CASES, WRONG  # noqa: E402
 import jax_ref as jr  # noqa: E402
 
 ORACLES = ("autodiff", "finite_difference")
+pytestmark = pytest.mark.slow  # ~20 s: the thorough profile (CI) runs it
 
 
 def verdict(case, grad_fn, oracle) -> tuple[str, list]:

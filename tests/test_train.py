@@ -65,6 +65,7 @@ def test_bad_training_arguments():
         fit(params, DS.X.astype(np.float32), DS.y + 1, TrainConfig(epochs=1), jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device():
     """Runs in a subprocess: the host must be split into 4 devices before JAX starts."""
     script = textwrap.dedent("""
@@ -171,6 +172,7 @@ def test_train_command_bad_usage(tmp_path, capsys):
     assert main(["train", "--dataset", str(tmp_path / "missing.npz")]) == 2
 
 
+@pytest.mark.slow
 def test_digits_reaches_97_percent_test_accuracy():
     pytest.importorskip("sklearn")
     from handgrad.datasets import digits
