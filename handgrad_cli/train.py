@@ -51,7 +51,11 @@ def add_parser(sub) -> None:
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--devices", type=int, default=1, help="shard each batch over N devices")
-    t.add_argument("--out", default="reports", help="report directory (default reports/)")
+    t.add_argument(
+        "--out",
+        help="report directory (default reports/<dataset>/, reports/<dataset>_float64/ "
+        "with --dtype float64)",
+    )
     t.add_argument("--json", dest="json_path", help="also write training.json to this path")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -102,7 +106,10 @@ def run(args) -> int:
         "training.md": training_markdown(report),
         "loss_curves.png": lambda path: plot_training(report, path),
     }
-    written = write_files(args.out, files)
+    out = args.out or f"reports/{report['dataset']}" + (
+        "_float64" if args.dtype == "float64" else ""
+    )
+    written = write_files(out, files)
     if args.json_path:
         from pathlib import Path
 

@@ -137,6 +137,7 @@ def finite_differences(d: Derivation):
                 lambda *_, grads=grads: grads,
                 *args,
                 oracles=("finite_difference",),
+                max_tries=6,  # a point on a kink is inconclusive sooner: autodiff judges it
                 scales=scales,
             )
             bad += [f"{g.function}: {r.describe()}" for r in results if r.status == "failed"]
