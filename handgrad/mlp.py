@@ -1,7 +1,7 @@
 """The two-layer MLP of the seed: affine -> ReLU -> affine -> softmax cross-entropy.
 
 Forward:  z1 = X·W1 + b1,  a1 = max(0, z1),  z2 = a1·W2 + b2,  L = CE(z2, y) + reg (|W1|² + |W2|²)
-Backward: the seed's lines, bottom to top (see `mlp_grads`).
+Backward: the derivation's lines, bottom to top (see `mlp_grads`).
 
 As in `handgrad.softmax_ce`: the pieces (forward/backward pairs, one equation each), the
 public functions built from `PIECES`, and `CHAINS`, the backward pass line by line.
@@ -106,7 +106,7 @@ def penalty_backward(params: Params, reg) -> Params:
 
 class Pieces(NamedTuple):
     """The pieces the public functions are built from; `PIECES` holds the shipped ones.
-    The head is the seed's softmax cross-entropy (`handgrad.softmax_ce`)."""
+    The head is the derivation's softmax cross-entropy (`handgrad.softmax_ce`)."""
 
     affine_forward: Callable = affine_forward
     affine_backward: Callable = affine_backward
@@ -194,7 +194,7 @@ def mlp_loss(params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES) -> jax.A
 def mlp_grads(
     params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES
 ) -> tuple[jax.Array, Params]:
-    """(L, Params(dW1, db1, dW2, db2)) by the seed's equations:
+    """(L, Params(dW1, db1, dW2, db2)) by the derivation's equations:
 
     dz2 = (a2 - 1[k = y_i]) / N        (N, C)
     dW2 = a1ᵀ·dz2 + 2 reg W2           (H, C) = (H, N)·(N, C)

@@ -1,6 +1,6 @@
 """Logistic output: the sigmoid, binary cross-entropy with logits, and its batch-mean gradient.
 
-The one-class sibling of the seed's softmax cross-entropy, derived the same way:
+The one-class sibling of the derivation's softmax cross-entropy, derived the same way:
 
     σ(z) = 1 / (1 + e^{-z}),   ∂σ/∂z = σ (1 - σ)
     L = 1/N Σ_i L_i,   L_i = -t_i log σ(z_i) - (1 - t_i) log(1 - σ(z_i))

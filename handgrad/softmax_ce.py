@@ -1,4 +1,4 @@
-"""The seed's first blocks: softmax, its Jacobian, cross-entropy and its batch-mean gradient.
+"""Softmax cross-entropy: softmax, its Jacobian, cross-entropy and its batch-mean gradient.
 
 Everything of this derivation is here, in three layers:
 
@@ -6,7 +6,7 @@ Everything of this derivation is here, in three layers:
    `softmax_jacobian_of`, `ce_forward`, `softmax_ce_forward`, `softmax_ce_backward`;
 2. the public functions, built from the pieces in `PIECES` (swap one with
    `pieces=PIECES._replace(...)` to run a variant: the mutant catalogue does);
-3. `CHAINS`: the seed's equalities as executable steps, each chain ending on the public
+3. `CHAINS`: the derivation's equalities as executable steps, each chain ending on the public
    function itself (`jax_ref.ledger` runs them).
 
 Letters: N batch, C classes.
@@ -69,7 +69,7 @@ def ce_forward(a, logp, y, valid):
     """L = 1/N Σ_i L_i,   L_i = -Σ_j 1[j = y_i] log a_ij   () from a, log a (N, C), y (N,)
 
     A row whose label is out of range (valid False) gets a NaN indicator row, so its L_i,
-    L and its row of ∂L/∂z come out NaN through the seed's own formulas."""
+    L and its row of ∂L/∂z come out NaN through the derivation's own formulas."""
     N, C = a.shape
     onehot = jnp.where(valid[:, None], (jnp.arange(C) == y[:, None]).astype(a.dtype), jnp.nan)
     L_i = -(onehot * logp).sum(axis=1)

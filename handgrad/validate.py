@@ -1,4 +1,4 @@
-"""Argument checks, in one place, in the seed's letters (public: `jax_ref` and new
+"""Argument checks, in one place, in the glossary's letters (public: `jax_ref` and new
 derivations use them too).
 
 Glossary (used in every message and docstring):

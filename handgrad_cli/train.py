@@ -1,4 +1,4 @@
-"""`handgrad train`: train the seed's MLP on hand-derived gradients, and with `--grad both`
+"""`handgrad train`: train the derivation's MLP on hand-derived gradients, and with `--grad both`
 prove it trains as autodiff does, in the way that survives chaotic dynamics:
 
 (a) `max_step_grad_diff`: at every step of the autodiff run, the hand gradient evaluated at

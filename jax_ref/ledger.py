@@ -31,7 +31,7 @@ class LedgerEntry:
     chain: str
     step: str
     equation: str
-    shape: str  # the seed's shape line
+    shape: str  # the derivation's shape line
     actual_shape: list[list[int]]  # one shape per leaf of the step's value
     shape_ok: bool
     max_abs_err: float  # against autodiff
@@ -54,7 +54,7 @@ def _shape_of(line: str, dims: dict[str, int]) -> tuple[int, ...]:
 
 def _operands_ok(line: str) -> bool:
     """For a product line '(R) = (A)·(B)', check the operands' letters agree on the inner
-    dimension and give the result: the seed's shape equation itself."""
+    dimension and give the result: the derivation's shape equation itself."""
     groups = re.findall(r"\(([^)]*)\)", line)
     if len(groups) != 3:
         return True

@@ -9,7 +9,7 @@
         jax_ref.assert_gradients(my_loss, my_grads, *case)
 
 Generic building blocks here (dtypes, seeds, sides, shapes); each derivation's own
-strategy lives in its spec (`jax_ref.derivations.<name>`), and the seed's are re-exported
+strategy lives in its spec (`jax_ref.derivations.<name>`), and the derivation's are re-exported
 below. Strategies draw structural knobs and a seed, then build the arrays; they shrink
 towards small shapes and mild values. Needs the `dev` extra (hypothesis).
 """
@@ -66,5 +66,5 @@ def bucketed_dims(buckets) -> st.SearchStrategy[tuple[int, ...]]:
     return st.sampled_from(buckets)
 
 
-from jax_ref.derivations.mlp import mlp_cases  # noqa: E402  (the seed's, re-exported)
+from jax_ref.derivations.mlp import mlp_cases  # noqa: E402  (re-exported)
 from jax_ref.derivations.softmax_ce import logits_cases  # noqa: E402

@@ -1,4 +1,4 @@
-"""Referee spec of `handgrad.mlp`: the seed's two-layer ReLU MLP and its backward pass.
+"""Referee spec of `handgrad.mlp`: the derivation's two-layer ReLU MLP and its backward pass.
 
 The reference is written independently with `jax.nn` and differentiated by
 `jax.value_and_grad`; it shares only the `Params` type and the public argument checks

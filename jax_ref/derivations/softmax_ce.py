@@ -249,7 +249,7 @@ def _softmax_numpy_exp(z):
 
 
 def _via_one_over_a(cache):
-    # the seed's middle line taken literally: -Σ_j 1[j=y_i] (1/a_ij) ∂a_ij/∂z_ik, / N
+    # the derivation's middle line taken literally: -Σ_j 1[j=y_i] (1/a_ij) ∂a_ij/∂z_ik, / N
     a, onehot = cache
     return -jnp.einsum("ij,ijk->ik", onehot / a, hand.softmax_jacobian_of(a)) / a.shape[0]
 
