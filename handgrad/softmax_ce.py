@@ -160,7 +160,7 @@ def cross_entropy_grad(z, y, *, pieces: Pieces = PIECES) -> jax.Array:
 
 
 # --- the derivation, step by step ---------------------------------------------------
-# Each step takes {"z": (N, C), "y": (N,)} and computes one line of the seed. The shift
+# Each step takes {"z": (N, C), "y": (N,)} and computes one line of the derivation. The shift
 # by the row max in `_exps` cancels in every ratio below.
 
 
