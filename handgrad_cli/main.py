@@ -163,25 +163,60 @@ def _progress(total: int, label: str):
     except ImportError:
         count = iter(range(1, total + 1))
 
-        def update(d, m):
-            print(f"  [{next(count)}/{total}] {d.name}: {m.name}", file=sys.stderr, flush=True)
+        def update(derivation, mutant):
+            print(f"  [{next(count)}/{total}] {derivation}: {mutant}", file=sys.stderr, flush=True)
 
         update.close = lambda: None
         return update
     bar = tqdm(total=total, desc=label, unit="mutant", leave=False)
 
-    def update(d, m):
-        bar.set_postfix_str(f"{d.name}: {m.name}", refresh=False)
+    def update(derivation, mutant):
+        bar.set_postfix_str(f"{derivation}: {mutant}", refresh=False)
         bar.update(1)
 
     update.close = bar.close
     return update
 
 
+def _kill_in_parallel(derivations, seed, bar, total) -> list[dict]:
+    """Each derivation's kill matrix in its own process, as many at once as there are
+    cores (2 here): compiling is single-threaded, so the mutants finish in the time of the
+    largest derivation instead of the sum. Rows come back in registry order."""
+    import multiprocessing
+    import os
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
+
+    import jax
+
+    from jax_ref.mutants import kill_rows
+
+    cache = jax.config.jax_compilation_cache_dir
+    ctx = multiprocessing.get_context("spawn")  # a fresh JAX per process: no fork of threads
+    biggest_first = sorted(
+        derivations, key=lambda d: -len(d.cases(0, random_cases=0)) * len(d.mutants)
+    )
+    workers = max(1, min(len(derivations), os.cpu_count() or 1))
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        messages = manager.Queue()
+        futures = {
+            d.name: pool.submit(kill_rows, d.name, seed, messages, cache) for d in biggest_first
+        }
+        seen = 0
+        while seen < total and not all(f.done() for f in futures.values()):
+            try:
+                message = messages.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen += 1
+            bar(*message.split(": ", 1))
+        results = {name: f.result() for name, f in futures.items()}  # re-raises a crash
+    return [row for d in derivations for row in results[d.name]]
+
+
 def _mutants(args) -> int:
     _x64()
     from jax_ref.derivations import REGISTRY
-    from jax_ref.mutants import kill_matrix
     from jax_ref.report import mutants_markdown, to_json, write_files
 
     try:
@@ -190,29 +225,13 @@ def _mutants(args) -> int:
         print(f"handgrad mutants: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    bar = _progress(sum(len(d.mutants) for d in derivations), "mutants")
+    total = sum(len(d.mutants) for d in derivations)
+    bar = _progress(total, "mutants")
     try:
-        matrix = kill_matrix(derivations, seed=args.seed, on_mutant=bar)
+        rows = _kill_in_parallel(derivations, args.seed, bar, total)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    rows = []
-    for r in matrix:
-        killers = {p: tag for p, tag in r.kills.items() if tag}
-        rows.append(
-            {
-                "derivation": r.derivation,
-                "name": r.mutant.name,
-                "description": r.mutant.description,
-                "reveals": r.mutant.reveals,
-                "killed": bool(killers),
-                "killed_by": sorted(killers),
-                "must_kill": list(r.mutant.must_kill),
-                "missed": [p for p in r.mutant.must_kill if p not in killers],
-                "first_kill": next(iter(killers.values()), None),
-                "harness_errors": r.errors,
-            }
-        )
     errors = sum(bool(r["harness_errors"]) for r in rows)
     report = {
         "total": len(rows),

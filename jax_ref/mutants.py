@@ -18,7 +18,7 @@ import numpy as np
 
 from jax_ref.spec import Derivation, Mutant, implementation
 
-__all__ = ["KillRow", "kill_matrix"]
+__all__ = ["KillRow", "kill_matrix", "kill_rows", "row_dict"]
 
 
 @dataclasses.dataclass
@@ -107,3 +107,40 @@ def kill_matrix(
             if on_mutant is not None:
                 on_mutant(d, m)
     return rows
+
+
+def row_dict(r: KillRow) -> dict:
+    """A kill-matrix row as plain data (JSON, or across processes)."""
+    killers = {p: tag for p, tag in r.kills.items() if tag}
+    return {
+        "derivation": r.derivation,
+        "name": r.mutant.name,
+        "description": r.mutant.description,
+        "reveals": r.mutant.reveals,
+        "killed": bool(killers),
+        "killed_by": sorted(killers),
+        "must_kill": list(r.mutant.must_kill),
+        "missed": [p for p in r.mutant.must_kill if p not in killers],
+        "first_kill": next(iter(killers.values()), None),
+        "harness_errors": dict(r.errors),
+    }
+
+
+def kill_rows(name: str, seed: int = 0, progress=None, cache_dir: str | None = None) -> list:
+    """`kill_matrix` of one registered derivation as plain dicts: the work of one process
+    when `handgrad mutants` spreads derivations over the cores. `progress` (a queue) gets
+    one message per mutant."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    from jax_ref.derivations import get
+
+    def tick(d, m):
+        if progress is not None:
+            progress.put(f"{d.name}: {m.name}")
+
+    return [row_dict(r) for r in kill_matrix([get(name)], seed=seed, on_mutant=tick)]

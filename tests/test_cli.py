@@ -116,3 +116,13 @@ def test_reports_are_written_atomically(tmp_path, monkeypatch):
         report.write_files(tmp_path, {"gradcheck.md": "new\n", "gradcheck.png": crash})
     assert (tmp_path / "gradcheck.md").read_text() == "previous report\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcheck.md"]
+
+
+@pytest.mark.slow
+def test_mutants_command_reports_kills(tmp_path, capsys):
+    assert main(["mutants", "--derivation", "sigmoid_bce", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "mutants.json").read_text())
+    assert report["killed"] == report["total"] == 3 and report["harness_errors"] == 0
+    assert all(not m["missed"] for m in report["mutants"])
+    assert "**kills**" in (tmp_path / "mutants.md").read_text()
+    assert main(["mutants", "--derivation", "nope"]) == 2

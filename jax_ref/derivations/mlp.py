@@ -7,6 +7,7 @@ with handgrad. Then inputs, natural scales, properties, mutants and ledger input
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import NamedTuple
 
@@ -257,11 +258,22 @@ def _scale(name):
 # --- properties of its own ----------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _per_example_program(grads_fn):
+    """Per-example gradients (vmap over single rows) and the batch's, in one compilation
+    per (implementation, shape)."""
+
+    def both(p, X, y, reg):
+        per = jax.vmap(lambda x, t: grads_fn(p, x[None], t[None], reg))(X, y)
+        return per, grads_fn(p, X, y, reg)
+
+    return jax.jit(both)
+
+
 def vmap_per_example(impl, case: MLPCase) -> None:
     """Per-example gradients (vmap over single rows) averaged over N equal the batch's."""
     p, X, y, reg = case
-    losses, per = jax.vmap(lambda x, t: impl.mlp_grads(p, x[None], t[None], reg))(X, y)
-    loss, grads = impl.mlp_grads(p, X, y, reg)
+    (losses, per), (loss, grads) = _per_example_program(impl.mlp_grads)(p, X, y, reg)
     s_loss, s_grads = mlp_scales(p, X, y, reg)["mlp_grads"]
     props.close("mean of per-example losses", losses.mean(), loss, X.dtype, s_loss)
     for name, g, w, sc in zip(Params._fields, per, grads, s_grads):
