@@ -40,10 +40,11 @@ def test_tiny_weights_give_log_c(case):
     PROPS["loss_near_log_c"](IMPL, case)
 
 
+@pytest.mark.slow
 @settings(max_examples=5)
 @given(hs.mlp_cases(max_side=5))
 def test_random_shapes_agree(case):
-    """A few unbucketed shapes, beyond the edge list."""
+    """A few unbucketed shapes, beyond the edge list (each compiles: thorough profile)."""
     PROPS["agrees"](IMPL, case)
 
 
