@@ -81,6 +81,21 @@ def _x64() -> None:
     jax.config.update("jax_enable_x64", True)  # float64 checks need it; float32 stays float32
 
 
+def has_plots(command: str) -> bool:
+    """matplotlib draws the PNGs; without it the other files are still written, and one
+    line says what to install (it is an optional dependency)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    print(
+        f"{command}: no plot: matplotlib is not installed (pip install matplotlib, or "
+        "'handgrad[dev]'); the JSON and Markdown reports are written",
+        file=sys.stderr,
+    )
+    return False
+
+
 def _derivations(names):
     from jax_ref.derivations import get
 
@@ -112,6 +127,8 @@ def _check(args) -> int:
         "gradcheck.md": gradcheck_markdown(report),
         "gradcheck.png": lambda path: plot_gradcheck(report, path),
     }
+    if not has_plots("handgrad check"):
+        del files["gradcheck.png"]
     written = write_files(args.out, files)
     if args.json:
         sys.stdout.write(to_json(report))

@@ -106,6 +106,10 @@ def run(args) -> int:
         "training.md": training_markdown(report),
         "loss_curves.png": lambda path: plot_training(report, path),
     }
+    from handgrad_cli.main import has_plots
+
+    if not has_plots("handgrad train"):
+        del files["loss_curves.png"]
     out = args.out or f"reports/{report['dataset']}" + (
         "_float64" if args.dtype == "float64" else ""
     )

@@ -126,3 +126,19 @@ def test_mutants_command_reports_kills(tmp_path, capsys):
     assert all(not m["missed"] for m in report["mutants"])
     assert "**kills**" in (tmp_path / "mutants.md").read_text()
     assert main(["mutants", "--derivation", "nope"]) == 2
+
+
+def test_check_without_matplotlib_writes_the_rest(tmp_path, monkeypatch, capsys):
+    """matplotlib is optional: no traceback, no lost report, one line saying what to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    args = ["check", "--derivation", "sigmoid_bce", "--dtype", "float64", "--examples", "0"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcheck.json", "gradcheck.md"]
+    assert "pip install matplotlib" in capsys.readouterr().err
