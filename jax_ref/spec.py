@@ -85,8 +85,10 @@ class Derivation:
 
     `cases(seed, dtypes, random_cases)` returns deterministic `(case, tag)` pairs for the
     sweep; `strategy(**kw)` a hypothesis strategy of cases (needs the dev extra);
-    `properties` the checks a correct implementation passes, each `(impl, case) -> None`
-    raising AssertionError."""
+    `properties` the derivation's own checks, each `(impl, case) -> None` raising
+    AssertionError; every derivation also gets the generic `agrees` (every output equals
+    the referee's) and `finite_differences` (every gradient against differences of the
+    referee's loss), placed first."""
 
     name: str
     module: ModuleType  # the handgrad module: PIECES, CHAINS, the public functions
@@ -99,6 +101,15 @@ class Derivation:
     mutants: tuple[Mutant, ...]
     ledger: Ledger
     order: int = 100  # position in reports
+
+    def __post_init__(self):
+        from jax_ref import properties as props  # lazy: properties imports this module
+
+        generic = {
+            "agrees": props.agrees(self),
+            "finite_differences": props.finite_differences(self),
+        }
+        object.__setattr__(self, "properties", {**generic, **self.properties})
 
     @property
     def functions(self) -> tuple[str, ...]:

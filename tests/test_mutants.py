@@ -41,8 +41,9 @@ def test_an_unexpected_exception_is_a_harness_error_not_a_kill():
         properties={"broken": broken_property},
         mutants=(dataclasses.replace(mutant, must_kill=("broken",)),),
     )
-    (row,) = kill_matrix([probe])
+    (row,) = kill_matrix([probe], properties=["broken"])
     assert not row.killed and "KeyError" in row.errors["broken"]
+    assert list(probe.properties)[:2] == ["agrees", "finite_differences"]  # always given
 
 
 def test_a_named_error_class_is_a_kill_only_for_its_mutant():

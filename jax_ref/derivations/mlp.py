@@ -478,16 +478,8 @@ DERIVATION = Derivation(
     ),
     cases=cases,
     strategy=strategy,
-    properties={},  # filled below: the generic properties are built from DERIVATION
+    properties={VMAP: vmap_per_example, LOG_C: loss_near_log_c},  # and the generic ones
     mutants=MUTANTS,
     ledger=Ledger(_ledger_inputs, _ledger_autodiff, _letters),
     order=20,
-)
-DERIVATION.properties.update(
-    {
-        AGREES: props.agrees(DERIVATION),
-        FD: props.finite_differences(DERIVATION),
-        VMAP: vmap_per_example,
-        LOG_C: loss_near_log_c,
-    }
 )
