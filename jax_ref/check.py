@@ -668,7 +668,10 @@ class _Engine:
         return out
 
     def _result(self, leaf, status, diffs, alloweds, hands, det, note) -> CheckResult:
-        scale = max(leaf.s * leaf.gnorm, 1e-300) if math.isfinite(leaf.gnorm) else 1.0
+        # relative to the hand directional derivatives, or to the measured ones where the
+        # hand gradient is zero (a dropped cotangent): never to 1e-300
+        measured = max((abs(h[1]) for h in hands if math.isfinite(h[1])), default=0.0)
+        scale = max(leaf.s * leaf.gnorm, measured, 1e-300) if math.isfinite(leaf.gnorm) else 1.0
         w = int(np.argmax(np.array(diffs) / np.maximum(np.array(alloweds), 1e-300))) if diffs else 0
         return CheckResult(
             leaf.name,
