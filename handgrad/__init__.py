@@ -7,7 +7,13 @@ C classes.
 
 from handgrad.mlp import Params, init_params, mlp_forward, mlp_grads, mlp_loss
 from handgrad.sigmoid_bce import binary_cross_entropy, binary_cross_entropy_grad, sigmoid
-from handgrad.softmax_ce import cross_entropy, cross_entropy_grad, softmax, softmax_jacobian
+from handgrad.softmax_ce import (
+    cross_entropy,
+    cross_entropy_grad,
+    softmax,
+    softmax_cross_entropy,
+    softmax_jacobian,
+)
 
 __version__ = "0.2.0"
 
@@ -23,5 +29,6 @@ __all__ = [
     "mlp_loss",
     "sigmoid",
     "softmax",
+    "softmax_cross_entropy",
     "softmax_jacobian",
 ]

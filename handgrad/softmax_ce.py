@@ -35,6 +35,7 @@ __all__ = [
     "softmax",
     "softmax_ce_backward",
     "softmax_ce_forward",
+    "softmax_cross_entropy",
     "softmax_forward",
     "softmax_jacobian",
     "softmax_jacobian_of",
@@ -157,6 +158,44 @@ def cross_entropy_grad(z, y, *, pieces: Pieces = PIECES) -> jax.Array:
 
     Under jit an out-of-range label makes its row NaN."""
     return _ce_grad(pieces, *_logits_labels(z, y))
+
+
+# --- the seed as a rule ---------------------------------------------------------------
+# Registering the hand-derived backward pass as the loss's VJP rule is not differentiating:
+# JAX calls the rule below, the seed's (a - onehot)/N, wherever it differentiates through
+# softmax_cross_entropy (an MLP trained by jax.grad then uses the hand derivation at its
+# loss). jax_ref.check_vjp verifies the rule against autodiff of its undecorated primal.
+
+
+@jax.custom_vjp
+def _sce(z, y):
+    L, _ = softmax_ce_forward(z, y, v.label_mask(y, z.shape[1]), PIECES)
+    return L
+
+
+def _sce_fwd(z, y):
+    L, cache = softmax_ce_forward(z, y, v.label_mask(y, z.shape[1]), PIECES)
+    return L, cache
+
+
+def _sce_bwd(cache: SoftmaxCECache, g):
+    """z̄ = ḡ · ∂L/∂z = ḡ (a - 1[k = y_i]) / N   (N, C); y is an integer input: no cotangent"""
+    return g * softmax_ce_backward(cache), None
+
+
+_sce.defvjp(_sce_fwd, _sce_bwd)
+
+
+def softmax_cross_entropy(z, y) -> jax.Array:
+    """L = 1/N Σ_i -log a_{i, y_i}   ()   with the seed's ∂L/∂z = (a - onehot)/N as its
+    registered `jax.custom_vjp` rule: `jax.grad` through it runs the hand derivation.
+
+    z (N, C) floating, y (N,) integer in [0, C); an out-of-range label makes L (and its
+    row of the gradient) NaN. Arguments are validated eagerly; under jit they are traced."""
+    return _sce(*_logits_labels(z, y))
+
+
+softmax_cross_entropy.__wrapped__ = _sce  # the custom_vjp function behind the validation
 
 
 # --- the derivation, step by step ---------------------------------------------------
