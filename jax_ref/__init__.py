@@ -14,14 +14,20 @@ from jax_ref.derivations.softmax_ce import (
     softmax,
     softmax_jacobian,
 )
+from jax_ref.rules import RuleCheck, assert_jvp, assert_vjp, check_jvp, check_vjp
 from jax_ref.tolerances import TOLERANCES, tolerance
 
 __all__ = [
     "REGISTRY",
     "TOLERANCES",
     "CheckResult",
+    "RuleCheck",
     "assert_gradients",
+    "assert_jvp",
+    "assert_vjp",
     "check_gradients",
+    "check_jvp",
+    "check_vjp",
     "cross_entropy",
     "cross_entropy_grad",
     "mlp_forward",

@@ -1089,3 +1089,58 @@ def assert_vjp(f, *primals, allow_inconclusive: bool = False, **kwargs) -> list[
 def assert_jvp(f, *primals, allow_inconclusive: bool = False, **kwargs) -> list[CheckResult]:
     """`check_jvp`, raising as `assert_vjp` does."""
     return _assert(check_jvp(f, *primals, **kwargs), "JVP rule", allow_inconclusive)
+
+
+# --- declared checks (`handgrad check PATH.py`) ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleCheck:
+    """One rule check declared in a user's file (`CHECKS = [RuleCheck(...), ...]`).
+
+    `primals` is a tuple of inputs, or a callable returning one (run only when the check
+    runs). `kind` is "vjp" (check_vjp; `rule` is the explicit vjp, if any) or "jvp"
+    (check_jvp; `rule` is the explicit jvp). `reference`, `order` and `seed` are passed on."""
+
+    name: str
+    f: Callable[..., Any]
+    primals: Any
+    kind: str = "vjp"
+    rule: Callable[..., Any] | None = None
+    reference: Callable[..., Any] | None = None
+    order: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("vjp", "jvp"):
+            raise ValueError(
+                f"RuleCheck {self.name!r}: kind must be 'vjp' or 'jvp'; got {self.kind!r}"
+            )
+        if not callable(self.f):
+            raise ValueError(
+                f"RuleCheck {self.name!r}: f must be a callable; got {type(self.f).__name__}"
+            )
+
+    def args(self) -> tuple:
+        p = self.primals() if callable(self.primals) else self.primals
+        return tuple(p) if isinstance(p, (tuple, list)) else (p,)
+
+    def run(self) -> list[CheckResult]:
+        primals = self.args()
+        if self.kind == "vjp":
+            return check_vjp(
+                self.f,
+                *primals,
+                vjp=self.rule,
+                reference=self.reference,
+                seed=self.seed,
+                order=self.order,
+            )
+        return check_jvp(self.f, *primals, jvp=self.rule, reference=self.reference, seed=self.seed)
+
+    def case(self) -> str:
+        """The inputs in a few words: shapes and dtypes."""
+        parts = []
+        for x in jax.tree.leaves(self.args()):
+            parts.append(f"{jnp.result_type(x).name}{list(np.shape(x))}")
+        return f"{self.kind} " + " ".join(parts)
