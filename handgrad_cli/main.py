@@ -33,7 +33,20 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "check",
-        help="sweep every function and the derivation ledger; write gradcheck.json/.md/.png",
+        help="sweep every function and the derivation ledger, or the rules a file of yours "
+        "declares; write gradcheck.json/.md/.png",
+        description="Without TARGET: sweep every registered derivation's functions over edge "
+        "and random shapes, and its ledger. With TARGET (a PATH.py or a module name that "
+        "defines CHECKS = [jax_ref.RuleCheck(...), ...], see examples/rules.py): check those "
+        "custom_vjp/custom_jvp or hand-written rules. Exit 0 pass, 1 a check failed or an "
+        "input was judged by no oracle, 2 bad usage.",
+    )
+    c.add_argument(
+        "target",
+        nargs="?",
+        metavar="TARGET",
+        help="a checks file (PATH.py) or module defining CHECKS (default: the registered "
+        "derivations)",
     )
     c.add_argument(
         "--derivation",
@@ -41,8 +54,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="check only this derivation (repeatable; default: all registered)",
     )
-    c.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
-    c.add_argument("--seed", type=_positive_int, default=0)
+    c.add_argument(
+        "--dtype",
+        choices=["float32", "float64", "all"],
+        default="all",
+        help="dtypes of the sweep (default all; a checks file sets its own)",
+    )
+    c.add_argument(
+        "--seed", type=_positive_int, default=0, help="random seed of the sweep (default 0)"
+    )
     c.add_argument(
         "--examples",
         type=_positive_int,
@@ -61,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="only this derivation's mutants (repeatable; default: all registered)",
     )
-    m.add_argument("--seed", type=_positive_int, default=0)
-    m.add_argument("--out", default="reports")
+    m.add_argument(
+        "--seed", type=_positive_int, default=0, help="random seed of the inputs (default 0)"
+    )
+    m.add_argument("--out", default="reports", help="report directory (default reports/)")
     m.add_argument("--json", action="store_true", help="print the JSON report to stdout")
 
     _add_train(sub)
@@ -102,26 +124,45 @@ def _derivations(names):
     return None if not names else [get(n) for n in names]
 
 
-def _check(args) -> int:
-    _x64()
-    import numpy as np
+def out_dir_problem(path: str) -> str | None:
+    """Why reports cannot be written under `path`, or None. Run before any work: the
+    directory is created (as writing would) and a probe file written and removed."""
+    import tempfile
+    from pathlib import Path
 
-    from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json, write_files
-    from jax_ref.sweep import run_check
-
-    dtypes = {"float32": (np.float32,), "float64": (np.float64,), "all": (np.float64, np.float32)}[
-        args.dtype
-    ]
+    p = Path(path)
+    for q in [p, *p.parents]:
+        if q.exists() and not q.is_dir():
+            return f"--out {path}: {q} exists and is not a directory"
     try:
-        derivations = _derivations(args.derivation)
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        return f"--out {path}: cannot write there ({e.strerror or e})"
+    return None
+
+
+def _check_rules(args) -> int:
+    from jax_ref.rules import load_checks, run_rule_checks
+
+    try:
+        source, checks = load_checks(args.target)
     except ValueError as e:
         print(f"handgrad check: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    report = run_check(
-        seed=args.seed, dtypes=dtypes, examples=args.examples, derivations=derivations
-    )
-    seconds = time.perf_counter() - t0
+    bar = _progress(len(checks), "rules", unit="check")
+    try:
+        report = run_rule_checks(source, checks, on_check=lambda c: bar(source, c.name))
+    finally:
+        bar.close()
+    return _write_check(args, report, time.perf_counter() - t0)
+
+
+def _write_check(args, report, seconds) -> int:
+    from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json, write_files
+
     files = {
         "gradcheck.json": to_json(report),
         "gradcheck.md": gradcheck_markdown(report),
@@ -139,6 +180,33 @@ def _check(args) -> int:
             + ", ".join(str(w) for w in written)
         )
     return 0 if report["passed"] else 1
+
+
+def _check(args) -> int:
+    problem = out_dir_problem(args.out)
+    if problem:
+        print(f"handgrad check: error: {problem}", file=sys.stderr)
+        return 2
+    _x64()
+    if args.target:
+        return _check_rules(args)
+    import numpy as np
+
+    from jax_ref.sweep import run_check
+
+    dtypes = {"float32": (np.float32,), "float64": (np.float64,), "all": (np.float64, np.float32)}[
+        args.dtype
+    ]
+    try:
+        derivations = _derivations(args.derivation)
+    except ValueError as e:
+        print(f"handgrad check: error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    report = run_check(
+        seed=args.seed, dtypes=dtypes, examples=args.examples, derivations=derivations
+    )
+    return _write_check(args, report, time.perf_counter() - t0)
 
 
 def _print_check_table(report: dict) -> None:
@@ -167,13 +235,15 @@ def _print_check_table(report: dict) -> None:
     for u in report["unjudged"][:10]:
         print(f"  not judged: {u}")
     bad = [e for e in report["ledger"] if not e["passed"]]
+    if not report["ledger"]:
+        return
     print(
         f"ledger: {len(report['ledger']) - len(bad)}/{len(report['ledger'])} steps hold"
         + (f"; first wrong: {bad[0]['chain']}: {bad[0]['step']}" if bad else "")
     )
 
 
-def _progress(total: int, label: str):
+def _progress(total: int, label: str, unit: str = "mutant"):
     """A tqdm bar when tqdm is installed, else one line per item on stderr."""
     try:
         from tqdm.auto import tqdm
@@ -185,7 +255,7 @@ def _progress(total: int, label: str):
 
         update.close = lambda: None
         return update
-    bar = tqdm(total=total, desc=label, unit="mutant", leave=False)
+    bar = tqdm(total=total, desc=label, unit=unit, leave=False)
 
     def update(derivation, mutant):
         bar.set_postfix_str(f"{derivation}: {mutant}", refresh=False)
@@ -232,6 +302,10 @@ def _kill_in_parallel(derivations, seed, bar, total) -> list[dict]:
 
 
 def _mutants(args) -> int:
+    problem = out_dir_problem(args.out)
+    if problem:
+        print(f"handgrad mutants: error: {problem}", file=sys.stderr)
+        return 2
     _x64()
     from jax_ref.derivations import REGISTRY
     from jax_ref.report import mutants_markdown, to_json, write_files

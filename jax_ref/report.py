@@ -165,7 +165,12 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         f"passed, {counts['failed']} failed and {counts['inconclusive']} were inconclusive "
         f"(the oracle could not judge: never counted as a pass); "
         f"{len(unjudged)} outputs no oracle could judge; "
-        f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold (seed {report['seed']}; "
+        + (
+            f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold"
+            if ledger
+            else "no derivation ledger (rule checks)"
+        )
+        + f" (seed {report['seed']}; "
         f"derivations: {', '.join(report.get('derivations', []))}).",
         "",
         "Versions: " + ", ".join(f"{k} {v[k]}" for k in v) + ".",
@@ -179,7 +184,10 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         " element that the check would have flagged: a check passes only errors below it."
         " *Inconclusive* means the oracle could not judge that leaf (a kink exactly at the"
         " point, a loss flat at its rounding resolution); the run passes only if no check"
-        " failed and another oracle judged every such leaf.",
+        " failed and another oracle judged every such leaf. Rule checks (`handgrad check"
+        " FILE.py`) add contract checks, named in the oracle column: `primal` (the rule's"
+        " output is f's), `structure` (cotangent trees, shapes, dtypes), `jit`, `vmap`,"
+        " `composed` (the rule inside a larger loss under `jax.grad`), `second_order`.",
         "",
         f"![error against tolerance]({png_name})",
         "",
@@ -229,6 +237,8 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         ]
         lines += [f"| {d} | {o} | {cell(why)} | {n} |" for (d, o, why), n in reasons.items()]
         lines.append("")
+    if not ledger:
+        return "\n".join(lines) + "\n"
     lines += [
         "## The derivation ledger",
         "",

@@ -73,10 +73,13 @@ from jax_ref.tolerances import tolerance
 
 __all__ = [
     "CONTRACTS",
+    "RuleCheck",
     "assert_jvp",
     "assert_vjp",
     "check_jvp",
     "check_vjp",
+    "load_checks",
+    "run_rule_checks",
 ]
 
 CONTRACTS = ("primal", "structure", "jit", "vmap", "composed", "second_order")
@@ -1144,3 +1147,74 @@ class RuleCheck:
         for x in jax.tree.leaves(self.args()):
             parts.append(f"{jnp.result_type(x).name}{list(np.shape(x))}")
         return f"{self.kind} " + " ".join(parts)
+
+
+def load_checks(target: str) -> tuple[str, list[RuleCheck]]:
+    """The `CHECKS` a user's file (PATH.py) or module (a.b.c) declares: (its name, checks).
+    Raises ValueError saying what is wrong with it (no traceback for the CLI to show)."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    if target.endswith(".py") or os.sep in target:
+        if not os.path.isfile(target):
+            raise ValueError(f"no such file: {target}")
+        name = "handgrad_checks_" + os.path.splitext(os.path.basename(target))[0]
+        spec = importlib.util.spec_from_file_location(name, target)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise ValueError(f"{target} raised while importing: {_err(e)}") from e
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as e:
+            raise ValueError(f"cannot import module {target!r}: {_err(e)}") from e
+    checks = getattr(module, "CHECKS", None)
+    if checks is None:
+        raise ValueError(
+            f"{target} defines no CHECKS: a list of jax_ref.RuleCheck(name, f, primals, ...)"
+        )
+    checks = list(checks) if isinstance(checks, (list, tuple)) else None
+    if not checks or not all(isinstance(c, RuleCheck) for c in checks):
+        raise ValueError(f"{target}: CHECKS must be a non-empty list of jax_ref.RuleCheck")
+    names = [c.name for c in checks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{target}: two checks share a name; names must be unique")
+    stem = os.path.splitext(os.path.basename(target))[0] if target.endswith(".py") else target
+    return stem, checks
+
+
+def run_rule_checks(source: str, checks: list[RuleCheck], on_check=None) -> dict:
+    """Every declared check, as a report shaped like `jax_ref.sweep.run_check`'s. A check
+    that raises (a rule, f or reference that errs at these inputs) is a failed result."""
+    from jax_ref.sweep import unjudged_leaves, versions
+
+    rows = []
+    for c in checks:
+        try:
+            results = c.run()
+            case = c.case()
+        except Exception as e:
+            results, case = [_failure("rule", "structure", f"the check raised {_err(e)}")], "-"
+        rows += [
+            {"derivation": source, "function": c.name, "case": case, **r.to_dict()} for r in results
+        ]
+        if on_check is not None:
+            on_check(c)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed", "inconclusive")}
+    judged_rows = [r for r in rows if r["oracle"] in ORACLES]
+    unjudged = unjudged_leaves(judged_rows)
+    return {
+        "passed": counts["failed"] == 0 and not unjudged,
+        "seed": min((c.seed for c in checks), default=0),
+        "versions": versions(),
+        "derivations": [source],
+        "counts": counts,
+        "unjudged": unjudged,
+        "checks": rows,
+        "ledger": [],
+    }

@@ -1,6 +1,7 @@
-"""The handgrad command (handgrad/cli.py): exit codes, reports, determinism."""
+"""The handgrad command (handgrad_cli/): exit codes, reports, determinism."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,38 @@ def test_check_without_matplotlib_writes_the_rest(tmp_path, monkeypatch, capsys)
     assert main([*args, "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcheck.json", "gradcheck.md"]
     assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_bad_targets_and_output_paths_exit_2_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "some.npz"
+    a_file.write_text("not a directory")
+    no_checks = tmp_path / "empty.py"
+    no_checks.write_text("x = 1\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    cases = {
+        ("check", "--out", str(a_file)): "exists and is not a directory",
+        ("check", "--out", str(a_file / "sub")): "exists and is not a directory",
+        ("mutants", "--out", str(a_file)): "exists and is not a directory",
+        ("check", str(tmp_path / "nope.py")): "no such file",
+        ("check", str(no_checks)): "defines no CHECKS",
+        ("check", str(broken)): "raised while importing: RuntimeError: boom",
+        ("check", "no_such_module_xyz"): "cannot import module",
+    }
+    for argv, message in cases.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert f"handgrad {argv[0]}: error:" in err and message in err, err
+        assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_check_a_rules_file_writes_its_report(tmp_path):
+    """handgrad check examples/rules.py: the example file of rules, exit 0, the report."""
+    root = Path(__file__).resolve().parent.parent
+    assert main(["check", str(root / "examples" / "rules.py"), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gradcheck.json").read_text())
+    assert report["counts"]["failed"] == 0 and report["passed"]
+    oracles = {c["oracle"] for c in report["checks"]}
+    assert oracles >= {"autodiff", "finite_difference", "jit", "vmap", "composed", "structure"}
+    assert "## `rules`: `tanh custom_vjp, float64`" in (tmp_path / "gradcheck.md").read_text()
