@@ -98,7 +98,7 @@ def _dtype_of(args) -> np.dtype:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _values(d: Derivation, funcs: tuple, case):
-    return [f(*o.args(case)) for f, o in zip(funcs, d.outputs)]
+    return [o.call(f, case) for f, o in zip(funcs, d.outputs)]
 
 
 def outputs(d: Derivation, impl, case) -> list[tuple]:
@@ -128,14 +128,12 @@ def finite_differences(d: Derivation):
     def finite_differences(impl, case) -> None:
         bad = []
         for g in d.gradients:
-            args = g.args(case)
-            out = getattr(impl, g.function)(*args)
-            grads = out[1] if g.returns_loss else out
+            grads = g.gradient(impl, case)
             scales = None if g.scale is None else g.scale(case)
             results = check_gradients(
                 g.loss,
                 lambda *_, grads=grads: grads,
-                *args,
+                *g.loss_arguments(case),
                 oracles=("finite_difference",),
                 max_tries=6,  # a point on a kink is inconclusive sooner: autodiff judges it
                 scales=scales,

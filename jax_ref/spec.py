@@ -31,6 +31,10 @@ class Output:
     oracle: str
     args: Callable[[Any], tuple]
     scale: Callable[[Any], Any] = lambda case: 0.0
+    kwargs: Callable[[Any], dict] = lambda case: {}  # keyword options (static: causal=...)
+
+    def call(self, fn, case):
+        return fn(*self.args(case), **self.kwargs(case))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +43,24 @@ class GradientCheck:
 
     `function(*args(case))` returns the gradient (or `(loss, gradient)` with
     `returns_loss`), `loss(*args(case))` is the referee's scalar loss; the first argument
-    is the one differentiated."""
+    is the one differentiated. `loss_args(case)`, when given, are the loss's arguments
+    instead (a VJP `f(dO, Q, K, V)` is the gradient of `⟨dO, O⟩` in `(Q, K, V)`)."""
 
     function: str
     loss: Callable[..., Any]
     args: Callable[[Any], tuple]
     returns_loss: bool = False
     scale: Callable[[Any], Any] | None = None
-    parameter: str = ""  # the differentiated argument's name, when it is one array
+    parameter: str | tuple[str, ...] = ""  # the differentiated argument's name(s)
+    kwargs: Callable[[Any], dict] = lambda case: {}  # the function's keyword options
+    loss_args: Callable[[Any], tuple] | None = None  # the loss's, when not `args`: (params, ...)
+
+    def gradient(self, impl, case):
+        out = getattr(impl, self.function)(*self.args(case), **self.kwargs(case))
+        return out[1] if self.returns_loss else out
+
+    def loss_arguments(self, case) -> tuple:
+        return (self.loss_args or self.args)(case)
 
 
 @dataclasses.dataclass(frozen=True)

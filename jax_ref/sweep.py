@@ -43,7 +43,7 @@ def _both(d: Derivation, case):
     """Every output of `d`, hand and referee, in one compilation per (shape, dtype)."""
     hand = implementation(d)
     return [
-        (getattr(hand, o.function)(*o.args(case)), getattr(d.reference, o.function)(*o.args(case)))
+        (o.call(getattr(hand, o.function), case), o.call(getattr(d.reference, o.function), case))
         for o in d.outputs
     ]
 
@@ -68,18 +68,21 @@ def check_derivation(d: Derivation, case, tag: str) -> list[dict[str, Any]]:
             )
     hand = implementation(d)
     for g in d.gradients:
-        args = g.args(case)
-        out = values[g.function] if g.function in values else getattr(hand, g.function)(*args)
-        grads = out[1] if g.returns_loss else out
+        if g.function in values:
+            grads = values[g.function][1] if g.returns_loss else values[g.function]
+        else:
+            grads = g.gradient(hand, case)
         results = check_gradients(
             g.loss,
             lambda *_, grads=grads: grads,
-            *args,
+            *g.loss_arguments(case),
             oracles=("finite_difference",),
             scales=None if g.scale is None else g.scale(case),
         )
         for r in results:
-            if g.parameter and r.parameter == "value":
+            if isinstance(g.parameter, tuple) and r.parameter.isdigit():
+                r = dataclasses.replace(r, parameter=g.parameter[int(r.parameter)])
+            elif g.parameter and r.parameter == "value":
                 r = dataclasses.replace(r, parameter=g.parameter)
             rows.append(_row(d, g.function, tag, r))
     return rows
