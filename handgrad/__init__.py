@@ -5,6 +5,13 @@ functions and its steps (`CHAINS`). Letters: N batch, D input features, H hidden
 C classes.
 """
 
+from handgrad.attn import (
+    attention,
+    attention_backward,
+    flash_attention,
+    flash_attention_backward,
+    softmax_backward,
+)
 from handgrad.mlp import Params, init_params, mlp_forward, mlp_grads, mlp_loss
 from handgrad.sigmoid_bce import binary_cross_entropy, binary_cross_entropy_grad, sigmoid
 from handgrad.softmax_ce import (
@@ -15,20 +22,25 @@ from handgrad.softmax_ce import (
     softmax_jacobian,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Params",
+    "attention",
+    "attention_backward",
     "binary_cross_entropy",
     "binary_cross_entropy_grad",
     "cross_entropy",
     "cross_entropy_grad",
+    "flash_attention",
+    "flash_attention_backward",
     "init_params",
     "mlp_forward",
     "mlp_grads",
     "mlp_loss",
     "sigmoid",
     "softmax",
+    "softmax_backward",
     "softmax_cross_entropy",
     "softmax_jacobian",
 ]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import handgrad.attention as hand
+import handgrad.attn as hand
 from jax_ref.spec import Derivation, GradientCheck, Ledger, Mutant, Output
 from jax_ref.tolerances import tolerance
 
