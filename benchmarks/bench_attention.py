@@ -31,13 +31,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import handgrad as hg  # noqa: E402
-from bench_grad import machine  # noqa: E402
-from handgrad.attn import DEFAULT_BLOCK  # noqa: E402
+from bench_grad import machine
+
+import handgrad as hg
+from handgrad.attn import DEFAULT_BLOCK
 
 MARKER = "<!-- bench_attention -->"
 D = 64
@@ -121,10 +121,20 @@ def plot(rows, big, path) -> None:
 
     ns = [r["N"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.loglog(ns, [r["autodiff_bytes"] / 2**20 for r in rows], "o-", color="tab:orange",
-              label="autodiff of the naive forward (stores P)")
-    ax.loglog([*ns, big["N"]], [*(r["flash_bytes"] / 2**20 for r in rows), big["flash_bytes"] / 2**20],
-              "s-", color="tab:blue", label=f"flash_attention, hand backward (B = {DEFAULT_BLOCK})")
+    ax.loglog(
+        ns,
+        [r["autodiff_bytes"] / 2**20 for r in rows],
+        "o-",
+        color="tab:orange",
+        label="autodiff of the naive forward (stores P)",
+    )
+    ax.loglog(
+        [*ns, big["N"]],
+        [*(r["flash_bytes"] / 2**20 for r in rows), big["flash_bytes"] / 2**20],
+        "s-",
+        color="tab:blue",
+        label=f"flash_attention, hand backward (B = {DEFAULT_BLOCK})",
+    )
     ax.set_xlabel("sequence length N = M (one head, d = 64, float32)")
     ax.set_ylabel("compiled temporary memory of the gradient (MiB)")
     ax.set_title("Gradient memory: O(N·M) for autodiff, O(N·B) for the hand backward")

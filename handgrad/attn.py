@@ -65,7 +65,7 @@ __all__ = [
     "softmax_backward_rows",
 ]
 
-DEFAULT_BLOCK = 512  # keys per block: N×B temporaries (see benchmarks/bench_attention.py)
+DEFAULT_BLOCK = 256  # keys per block: N×B temporaries; fastest of 128-1024 on CPU (bench_attention)
 
 
 def _work_dtype(dtype):
@@ -211,10 +211,12 @@ def _flash_forward(p: Pieces, Q, K, V, causal, B):
         jnp.full((*lead, N), -jnp.inf, wt),
     )
 
+    masked = causal or M % B != 0  # else every key of every block is valid: no mask pass
+
     def step(state, block):
         Kb, Vb, start = block
         j = start + jnp.arange(B)[None, :]
-        S = p.scores(Q, Kb, p.key_valid(i, j, M, causal))
+        S = p.scores(Q, Kb, p.key_valid(i, j, M, causal) if masked else True)
         return p.online_update(state, S, Vb), None
 
     starts = jnp.arange(0, -(-M // B) * B, B)
@@ -231,11 +233,12 @@ def _flash_backward(p: Pieces, dO, Q, K, V, O, lse, causal, B):
     B = min(B, M)
     i = jnp.arange(N)[:, None]
     D = p.row_term(dO, O)
+    masked = causal or M % B != 0
 
     def step(dQ, block):
         Kb, Vb, start = block
         j = start + jnp.arange(B)[None, :]
-        valid = p.backward_mask(i, j, M, causal)
+        valid = p.backward_mask(i, j, M, causal) if masked else True
         P = p.recompute_p(p.scores(Q, Kb, valid), lse, valid)
         dP, dVb = p.pv_backward(dO, P, Vb)
         dS = P * (dP - D[..., None])  # = softmax_backward(dP, P) with its row sum as D

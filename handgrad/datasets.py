@@ -76,17 +76,40 @@ def _check_xy(X, y, where: str, xname: str, yname: str):
         i = tuple(int(k) for k in np.argwhere(~np.isfinite(X))[0])
         raise ValueError(f"{where}: {xname} must be finite; got {X[i]} at index {list(i)}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{where}: {yname} must hold integer class labels; got dtype {y.dtype}")
+        hint = ""
+        if (
+            np.issubdtype(y.dtype, np.floating)
+            and np.all(np.isfinite(y))
+            and np.all(y == np.round(y))
+        ):
+            hint = (
+                f" (its values are whole numbers: save them as integers, "
+                f"np.savez(..., {yname}={yname}.astype(int)))"
+            )
+        raise ValueError(
+            f"{where}: {yname} must hold integer class labels; got dtype {y.dtype}{hint}"
+        )
 
 
 def load_npz(path: str | Path) -> Dataset:
     """An .npz with `X` (N, D) floats and `y` (N,) integer labels 0..C-1 (every class
     present), optionally `X_test`, `y_test`. Loaded without pickle."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # an .npz is a zip archive
+        raise ValueError(
+            f"{path}: not an .npz archive (an .npz is a zip file written by np.savez; "
+            f"this file starts with {magic!r})"
+        )
     try:
         f = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable .npz without pickle ({e})") from e
+    if not hasattr(f, "files"):
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive of X and y")
     with f:
         missing = [k for k in ("X", "y") if k not in f.files]
         if missing:

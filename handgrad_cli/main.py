@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", default="reports", help="report directory (default reports/)")
     c.add_argument("--json", action="store_true", help="print the JSON report to stdout")
+    c.add_argument(
+        "--verify",
+        metavar="REPORT.json",
+        help="rerun and compare with a committed gradcheck.json instead of writing reports: "
+        "the same checks, the same verdicts, every error within a factor 4 of the committed "
+        "one (or both under 1e-3 of the tolerance); exit 1 if not reproduced",
+    )
 
     m = sub.add_parser(
         "mutants", help="run every check against every catalogued mutant; write mutants.json/.md"
@@ -160,8 +167,69 @@ def _check_rules(args) -> int:
     return _write_check(args, report, time.perf_counter() - t0)
 
 
+def verify_report(report: dict, committed: dict) -> list[str]:
+    """What differs between a fresh check and a committed one, beyond rounding noise: the
+    set of checks, any verdict, an error off by more than a factor 4 (both above 1e-3 of
+    their tolerance: below that, the last digits of float32 rounding are all there is)."""
+    import math
+
+    def key(c):
+        return (c["derivation"], c["function"], c["case"], c["parameter"], c["oracle"])
+
+    new, old = {key(c): c for c in report["checks"]}, {key(c): c for c in committed["checks"]}
+    problems = [f"missing now: {k}" for k in old.keys() - new.keys()]
+    problems += [f"new now: {k}" for k in new.keys() - old.keys()]
+    for k in new.keys() & old.keys():
+        a, b = new[k], old[k]
+        if a["status"] != b["status"]:
+            problems.append(f"{k}: {b['status']} in the report, {a['status']} now")
+            continue
+        tol = max(a.get("tolerance") or 0.0, 1e-300)
+        x, y = a["max_rel_err"], b["max_rel_err"]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            if (math.isfinite(x), math.isnan(x)) != (math.isfinite(y), math.isnan(y)):
+                problems.append(f"{k}: error {y} in the report, {x} now")
+            continue
+        if max(x, y) > 1e-3 * tol and not (max(x, y) <= 4 * min(x, y)):
+            problems.append(f"{k}: error {y:.3g} in the report, {x:.3g} now")
+    if [e["passed"] for e in report["ledger"]] != [e["passed"] for e in committed["ledger"]]:
+        problems.append("the ledger's verdicts differ")
+    return sorted(problems)
+
+
+def _load_committed(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    try:
+        committed = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--verify {path}: cannot read a gradcheck.json ({e})") from e
+    if not isinstance(committed, dict) or not {"checks", "ledger"} <= set(committed):
+        raise ValueError(f"--verify {path}: not a gradcheck.json (no checks and ledger)")
+    return committed
+
+
+def _verify(args, report) -> int:
+    problems = verify_report(report, args.committed)
+    n = len(report["checks"])
+    if problems:
+        print(f"NOT REPRODUCED: {len(problems)} of {n} checks differ from {args.verify}:")
+        for p in problems[:30]:
+            print(f"  {p}")
+        return 1
+    print(
+        f"REPRODUCED: {n} checks and {len(report['ledger'])} ledger steps match {args.verify} "
+        "(same verdicts; every error within a factor 4, or under 1e-3 of its tolerance)"
+    )
+    return 0
+
+
 def _write_check(args, report, seconds) -> int:
     from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json, write_files
+
+    if getattr(args, "verify", None):
+        return _verify(args, report)
 
     files = {
         "gradcheck.json": to_json(report),
@@ -183,7 +251,13 @@ def _write_check(args, report, seconds) -> int:
 
 
 def _check(args) -> int:
-    problem = out_dir_problem(args.out)
+    if args.verify:
+        try:
+            args.committed = _load_committed(args.verify)
+        except ValueError as e:
+            print(f"handgrad check: error: {e}", file=sys.stderr)
+            return 2
+    problem = None if args.verify else out_dir_problem(args.out)
     if problem:
         print(f"handgrad check: error: {problem}", file=sys.stderr)
         return 2

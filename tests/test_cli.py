@@ -178,3 +178,32 @@ def test_check_a_rules_file_writes_its_report(tmp_path):
     oracles = {c["oracle"] for c in report["checks"]}
     assert oracles >= {"autodiff", "finite_difference", "jit", "vmap", "composed", "structure"}
     assert "## `rules`: `tanh custom_vjp, float64`" in (tmp_path / "gradcheck.md").read_text()
+
+
+def test_verify_compares_verdicts_and_figures_not_noise():
+    from handgrad_cli.main import verify_report
+
+    def row(err, status="passed", case="c"):
+        return {
+            "derivation": "d",
+            "function": "f",
+            "case": case,
+            "parameter": "p",
+            "oracle": "autodiff",
+            "status": status,
+            "max_rel_err": err,
+            "tolerance": 1e-4,
+        }
+
+    committed = {"checks": [row(2e-6), row(1e-9, case="tiny")], "ledger": [{"passed": True}]}
+    same = {"checks": [row(2.6e-6), row(7e-9, case="tiny")], "ledger": [{"passed": True}]}
+    assert verify_report(same, committed) == []  # float32 noise: a factor < 4, or < 1e-3·tol
+    moved = {"checks": [row(3e-5), row(1e-9, case="tiny")], "ledger": [{"passed": True}]}
+    assert len(verify_report(moved, committed)) == 1
+    flipped = {
+        "checks": [row(2e-4, "failed"), row(1e-9, case="tiny")],
+        "ledger": [{"passed": True}],
+    }
+    assert "passed in the report, failed now" in verify_report(flipped, committed)[0]
+    fewer = {"checks": [row(2e-6)], "ledger": [{"passed": True}]}
+    assert verify_report(fewer, committed)[0].startswith("missing now")

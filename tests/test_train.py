@@ -126,7 +126,7 @@ def test_npz_loading_and_its_errors(tmp_path):
         load_npz(path)
 
 
-def test_train_command_writes_the_report(tmp_path):
+def test_train_command_writes_the_report(tmp_path, capsys):
     out = tmp_path / "r"
     rc = main(
         [
@@ -143,12 +143,11 @@ def test_train_command_writes_the_report(tmp_path):
             "--out",
             str(out),
             "--json",
-            str(tmp_path / "t.json"),
         ]
     )
     assert rc == 0
     report = json.loads((out / "training.json").read_text())
-    assert report == json.loads((tmp_path / "t.json").read_text())
+    assert report == json.loads(capsys.readouterr().out)  # --json: the report on stdout
     assert {
         "dataset",
         "config",
@@ -162,7 +161,7 @@ def test_train_command_writes_the_report(tmp_path):
     assert len(report["runs"]["hand"]["loss"]) == 3 == len(report["param_diff"])
     assert report["max_step_grad_diff"] <= 1e-10
     assert (out / "loss_curves.png").stat().st_size > 1000
-    assert "Hand vs autodiff: ✅ agree" in (out / "training.md").read_text()
+    assert "Hand vs autodiff: ✅ the hand gradient agrees" in (out / "training.md").read_text()
 
 
 def test_train_command_bad_usage(tmp_path, capsys):
@@ -200,3 +199,18 @@ def test_digits_without_scikit_learn_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(RuntimeError, match=r"pip install 'handgrad\[datasets\]'"):
         digits()
+
+
+def test_npz_whole_number_float_labels_and_non_archives_say_the_fix(tmp_path):
+    from handgrad.datasets import load_npz
+
+    floaty = tmp_path / "floaty.npz"
+    np.savez(floaty, X=np.ones((4, 2)), y=np.array([0.0, 1.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match=r"whole numbers: save them as integers"):
+        load_npz(floaty)
+    text = tmp_path / "text.npz"
+    text.write_text("not an archive")
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        load_npz(text)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_npz(tmp_path / "missing.npz")
