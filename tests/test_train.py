@@ -210,7 +210,7 @@ def test_npz_whole_number_float_labels_and_non_archives_say_the_fix(tmp_path):
         load_npz(floaty)
     text = tmp_path / "text.npz"
     text.write_text("not an archive")
-    with pytest.raises(ValueError, match="not an .npz archive"):
+    with pytest.raises(ValueError, match=r"not an \.npz archive"):
         load_npz(text)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_npz(tmp_path / "missing.npz")
