@@ -21,12 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from handgrad import attn_model
 from handgrad import validate as v
 from handgrad.mlp import Params, mlp_forward, mlp_grads
 from handgrad.softmax_ce import softmax_forward
 
 __all__ = [
+    "ATTENTION",
+    "MLP",
     "History",
+    "Model",
     "SGDState",
     "TrainConfig",
     "accuracy",
@@ -47,8 +51,27 @@ class TrainConfig(NamedTuple):
 
 
 class SGDState(NamedTuple):
-    params: Params
+    params: Params  # any pytree of parameters (Params for the MLP)
     velocity: Params
+
+
+class Model(NamedTuple):
+    """What the loop needs of a model: `forward(params, X) -> logits (N, C)`, the hand
+    `grads(params, X, y, reg) -> (loss, grads)`, `scales(params, X, y, reg)` (each
+    gradient leaf's natural error scale, for the agreement probe), `check(params, X)`
+    (validation, up front) and `classes(params) -> C`."""
+
+    name: str
+    forward: Callable
+    grads: Callable
+    scales: Callable
+    check: Callable
+    classes: Callable
+
+
+def _check_mlp(params, X):
+    params, X = v.check_mlp(params, X)
+    return Params(*params), X
 
 
 class History(NamedTuple):
@@ -79,13 +102,24 @@ def natural_scales(params: Params, X, y, reg) -> Params:
     return Params(*(jnp.max(b) for b in big))
 
 
+MLP = Model("mlp", mlp_forward, mlp_grads, None, _check_mlp, lambda p: p.W2.shape[1])
+ATTENTION = Model(
+    "attention",
+    attn_model.attention_classifier_forward,
+    attn_model.attention_classifier_grads,
+    attn_model.attention_classifier_scales,
+    attn_model.check_attention_classifier,
+    lambda p: p.W2.shape[1],
+)
+
+
 def _rel_diff(a: Params, b: Params, scales: Params):
     """max over leaves of max|a - b| / max(max|b|, natural scale): the norm-wise relative
     disagreement, on the scale the rounding lives on."""
     per = [
         jnp.max(jnp.abs(x - y))
         / jnp.maximum(jnp.maximum(jnp.max(jnp.abs(y)), s), jnp.finfo(y.dtype).tiny)
-        for x, y, s in zip(a, b, scales)
+        for x, y, s in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(scales))
     ]
     return jnp.max(jnp.stack(per))
 
@@ -110,6 +144,7 @@ def make_epoch(
     reg: float,
     probe_fn: Callable | None = None,
     mesh=None,
+    scales_fn: Callable | None = None,
 ):
     """A jitted `epoch(state, X, y, key, lr) -> (state, mean loss, max probe diff)`.
 
@@ -130,11 +165,11 @@ def make_epoch(
         loss, g = grad_fn(state.params, Xb, yb, reg)
         diff = jnp.zeros((), loss.dtype)
         if probe_fn is not None:
-            scales = natural_scales(state.params, Xb, yb, reg)
+            scales = (scales_fn or natural_scales)(state.params, Xb, yb, reg)
             diff = _rel_diff(probe_fn(state.params, Xb, yb, reg)[1], g, scales).astype(loss.dtype)
         vel = jax.tree.map(lambda u, d: momentum * u - lr * d, state.velocity, g)
         params = jax.tree.map(jnp.add, state.params, vel)
-        return (SGDState(Params(*params), Params(*vel)), lr), (loss, diff)
+        return (SGDState(params, vel), lr), (loss, diff)
 
     @jax.jit
     def epoch(state, X, y, key, lr):
@@ -148,18 +183,18 @@ def make_epoch(
     return epoch
 
 
-@jax.jit
-def _predict(params, X):
-    return jnp.argmax(mlp_forward(params, X), axis=1)
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(forward, params, X):
+    return jnp.argmax(forward(params, X), axis=1)
 
 
-def accuracy(params: Params, X, y) -> float:
+def accuracy(params: Params, X, y, forward: Callable = mlp_forward) -> float:
     """Fraction of rows whose largest logit is the label."""
-    return float(jnp.mean(_predict(params, X) == y))
+    return float(jnp.mean(_predict(forward, params, X) == y))
 
 
 def _flat(params) -> np.ndarray:
-    return np.concatenate([np.asarray(p, np.float64).ravel() for p in params])
+    return np.concatenate([np.asarray(p, np.float64).ravel() for p in jax.tree.leaves(params)])
 
 
 def fit(
@@ -169,20 +204,22 @@ def fit(
     config: TrainConfig,
     key,
     *,
-    grad_fn: Callable = mlp_grads,
+    grad_fn: Callable | None = None,
     probe_fn: Callable | None = None,
     X_test=None,
     y_test=None,
     devices: int = 1,
     snapshots: bool = False,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    model: Model = MLP,
 ) -> History:
-    """Train `params` on (X, y) for `config.epochs` epochs; see `make_epoch`.
+    """Train `params` of `model` (the MLP by default) on (X, y) for `config.epochs` epochs,
+    with `grad_fn` (default: the model's hand gradients); see `make_epoch`.
 
     Arguments are validated once, up front (inside the jitted epoch they cannot raise)."""
-    params, X = v.check_mlp(params, X)
-    params = Params(*params)
-    N, C = X.shape[0], params.W2.shape[1]
+    params, X = model.check(params, X)
+    grad_fn = model.grads if grad_fn is None else grad_fn
+    N, C = X.shape[0], model.classes(params)
     y = v.check_labels(y, N, C, against=f"X (N, D) = {X.shape}")
     v.check_reg(config.reg, X.dtype)
     for name in ("epochs", "batch_size"):
@@ -204,9 +241,10 @@ def fit(
         reg=config.reg,
         probe_fn=probe_fn,
         mesh=mesh,
+        scales_fn=model.scales,
     )
     X, y = jnp.asarray(X), jnp.asarray(y)
-    state = SGDState(params, Params(*(jnp.zeros_like(p) for p in params)))
+    state = SGDState(params, jax.tree.map(jnp.zeros_like, params))
     losses, accs, snaps, worst = [], [], [], 0.0
     t0 = time.perf_counter()
     for e in range(int(config.epochs)):
@@ -214,14 +252,14 @@ def fit(
         lr = jnp.asarray(config.lr * config.lr_decay**e)
         state, loss, diff = epoch(state, X, y, sub, lr)
         losses.append(float(loss))
-        accs.append(accuracy(state.params, X, y))
+        accs.append(accuracy(state.params, X, y, model.forward))
         worst = max(worst, float(diff))
         if snapshots:
             snaps.append(_flat(state.params))
         if on_epoch is not None:
             on_epoch(e, losses[-1], accs[-1])
     seconds = time.perf_counter() - t0
-    test_acc = None if X_test is None else accuracy(state.params, X_test, y_test)
+    test_acc = None if X_test is None else accuracy(state.params, X_test, y_test, model.forward)
     return History(
         state.params,
         losses,

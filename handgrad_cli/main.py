@@ -133,7 +133,8 @@ def _derivations(names):
 
 def out_dir_problem(path: str) -> str | None:
     """Why reports cannot be written under `path`, or None. Run before any work: the
-    directory is created (as writing would) and a probe file written and removed."""
+    directory is created (as writing would), a probe file written, and what was created
+    removed again."""
     import tempfile
     from pathlib import Path
 
@@ -141,12 +142,19 @@ def out_dir_problem(path: str) -> str | None:
     for q in [p, *p.parents]:
         if q.exists() and not q.is_dir():
             return f"--out {path}: {q} exists and is not a directory"
+    missing = [q for q in [p, *p.parents] if not q.exists()]
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=p):
             pass
     except OSError as e:
         return f"--out {path}: cannot write there ({e.strerror or e})"
+    finally:
+        for q in missing:  # leave no trace: the reports create it again when written
+            try:
+                q.rmdir()
+            except OSError:
+                break
     return None
 
 

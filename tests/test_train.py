@@ -214,3 +214,50 @@ def test_npz_whole_number_float_labels_and_non_archives_say_the_fix(tmp_path):
         load_npz(text)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_npz(tmp_path / "missing.npz")
+
+
+def test_attention_classifier_hand_gradient_passes_both_oracles():
+    """handgrad train --model attention: the whole model's hand backward (MLP head,
+    residual, attention, projections) against autodiff of jax_ref's loss and against
+    finite differences, float64."""
+    import jax
+
+    import jax_ref
+    from handgrad.attn_model import attention_classifier_grads, init_attention_params
+    from jax_ref.derivations.attn import attention_classifier_loss
+
+    params = init_attention_params(jax.random.PRNGKey(0), 4, 3, 5, 3, dtype=np.float64)
+    X = np.random.default_rng(0).standard_normal((6, 12))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    jax_ref.assert_gradients(
+        attention_classifier_loss,
+        attention_classifier_grads,
+        params,
+        X,
+        y,
+        1e-3,
+        returns_loss=True,
+    )
+
+
+@pytest.mark.slow
+def test_attention_model_trains_digits_to_95_percent(tmp_path):
+    pytest.importorskip("sklearn")
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "attention",
+                "--dataset",
+                "digits",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["runs"]["hand"]["test_accuracy"] >= 0.95
+    assert report["agreement"]["passed"] and report["max_step_grad_diff"] <= 1e-4

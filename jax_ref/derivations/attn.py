@@ -25,6 +25,8 @@ __all__ = [
     "attention",
     "attention_backward",
     "attention_case",
+    "attention_classifier_grads",
+    "attention_classifier_loss",
     "flash_attention",
     "flash_attention_backward",
     "softmax_backward",
@@ -490,3 +492,25 @@ DERIVATION = Derivation(
     ),
     order=40,
 )
+
+
+# --- the attention classifier of `handgrad train --model attention` -----------------------
+
+
+def attention_classifier_loss(params, X, y, reg=0.0):
+    """The classifier of handgrad.attn_model written with jax.nn: tokens, one attention
+    layer (this module's `attention`), the residual, a ReLU MLP head, log_softmax."""
+    N, D = X.shape
+    F = params.Wq.shape[0]
+    Xt = X.reshape(N, D // F, F)
+    O = attention(Xt @ params.Wq, Xt @ params.Wk, Xt @ params.Wv)
+    h = (Xt + O).reshape(N, -1)
+    z2 = jax.nn.relu(h @ params.W1 + params.b1) @ params.W2 + params.b2
+    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z2), y[:, None], axis=1))
+    weights = (params.Wq, params.Wk, params.Wv, params.W1, params.W2)
+    return ce + reg * sum(jnp.sum(W**2) for W in weights)
+
+
+def attention_classifier_grads(params, X, y, reg=0.0):
+    """(L, ∂L/∂θ) by jax.value_and_grad of `attention_classifier_loss`."""
+    return jax.value_and_grad(attention_classifier_loss)(params, X, y, reg)
