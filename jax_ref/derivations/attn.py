@@ -288,7 +288,7 @@ def _pv_no_transpose(dO, P, V):
 def _online_lse_stale(state, S, Vb):
     new = hand.online_update(state, S, Vb)
     m_old = jnp.where(jnp.isneginf(state.m), 0.0, state.m)
-    return new._replace(lse=m_old + jnp.log(state.l))  # the lse before this block's rescale
+    return new._replace(lse=hand.LSE(m_old, jnp.log(state.l)))  # before this block's rescale
 
 
 def _online_no_rescale(state, S, Vb):
@@ -298,7 +298,7 @@ def _online_no_rescale(state, S, Vb):
     p = jnp.exp(S - m_use[..., None])
     l_new = alpha * state.l + p.sum(axis=-1)
     acc = state.acc + jnp.einsum("...nb,...bc->...nc", p, Vb)  # acc not rescaled by alpha
-    return hand.Online(m_new, l_new, acc, m_use + jnp.log(l_new))
+    return hand.Online(m_new, l_new, acc, hand.LSE(m_use, jnp.log(l_new)))
 
 
 MUTANTS = (
