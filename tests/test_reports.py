@@ -1,0 +1,56 @@
+"""The committed reports and docs read right where people read them: every Markdown table
+has as many cells in each row as in its header (an unescaped `|` in a cell breaks it), and
+each report links only files that exist."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKDOWN = sorted(
+    [*ROOT.glob("reports/**/*.md"), ROOT / "README.md", *ROOT.glob("docs/*.md")],
+    key=str,
+)
+
+
+def cells(row: str) -> int:
+    """Cells of a table row: the unescaped pipes between the outer ones."""
+    return len(re.findall(r"(?<!\\)\|", row.strip())) - 1
+
+
+def tables(text: str) -> list[list[str]]:
+    out, current, fenced = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and line.lstrip().startswith("|"):
+            current.append(line)
+        elif current:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out
+
+
+def test_the_counter_sees_a_broken_row():
+    assert cells("| a | b |") == 2 and cells(r"| a \| b | c |") == 2
+    assert cells("| N=1 |z|~1e-06 | c |") == 4  # the bug this test exists for
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_row_has_the_header_s_cells(path):
+    for table in tables(path.read_text()):
+        want = cells(table[0])
+        bad = [row for row in table if cells(row) != want]
+        assert not bad, f"{path.name}: header has {want} cells; these rows differ: {bad[:3]}"
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in MARKDOWN if "reports" in p.parts], ids=lambda p: p.name
+)
+def test_reports_link_files_that_exist(path):
+    for target in re.findall(r"\]\(([^)\s#]+\.(?:md|png|json|py))\)", path.read_text()):
+        if "://" not in target:
+            assert (path.parent / target).exists(), f"{path}: broken link {target}"
