@@ -467,6 +467,7 @@ def check_vjp(
 
     if fl_ok and len(fl_ok) == len(fl):
         pairing = _cached(_pairing_loss, f, key)
+        natural = _natural_scales(fl, out, ct)
         if "autodiff" in oracles:
             if ref is None:
                 results += _no_reference(
@@ -476,7 +477,13 @@ def check_vjp(
                 )
             else:
                 results += _autodiff_or_inconclusive(
-                    _cached(_pairing_loss, ref, key), fl, hand, (others, ct), inputs, ref_why
+                    _cached(_pairing_loss, ref, key),
+                    fl,
+                    hand,
+                    (others, ct),
+                    inputs,
+                    ref_why,
+                    natural,
                 )
         if "finite_difference" in oracles:
             results += _fd_results(
@@ -487,6 +494,7 @@ def check_vjp(
                 seed=seed,
                 directions=directions,
                 max_tries=max_tries,
+                scales=natural,
             )
 
     g = _as_custom_vjp(f, vjp, inputs)
@@ -501,9 +509,36 @@ def check_vjp(
     return results
 
 
-def _autodiff_or_inconclusive(loss, fl, hand, args, inputs, why_ref) -> list[CheckResult]:
+def _max_abs(tree) -> float:
+    vals = [
+        float(np.max(np.abs(np.asarray(x, np.float64)), initial=0.0))
+        for x in jax.tree.leaves(tree)
+        if _is_float(x)
+    ]
+    return max(vals, default=0.0)
+
+
+def _natural_scales(fl, out, *cts) -> dict[str, float]:
+    """Each low-precision input leaf's natural error scale in a VJP check: max|ȳ|·max|y|.
+
+    A VJP's cancelling terms round at the scale of the cotangent times the outputs'
+    magnitude, not at that of the (possibly tiny) result: tanh's ȳ(1 − y²) and softmax's
+    y ⊙ (ȳ − ⟨ȳ, y⟩) lose everything to rounding at saturation, in the rule under test and
+    in any correct one (measured: JAX's own tanh, sigmoid and softmax rules in float32 at
+    |x| ≥ 5 err by up to 5e-6 of the largest entry, 10-20x autodiff of an exp-based
+    reference). float64 leaves keep 0 (relative to the values): rounding is negligible
+    there, and detection stays at full power. The price in low precision: a rule whose
+    result is small against max|ȳ|·max|y| without cancelling (log at large x) is judged at
+    that scale, which `detectable_rel_err` states."""
+    s = sum(_max_abs(c) for c in cts) * _max_abs(out)
+    return {n: (0.0 if jnp.result_type(x) == jnp.float64 else s) for n, x in fl.items()}
+
+
+def _autodiff_or_inconclusive(
+    loss, fl, hand, args, inputs, why_ref, scales=None
+) -> list[CheckResult]:
     try:
-        res = _autodiff_results(loss, fl, args, None, hand, None, 0.0)
+        res = _autodiff_results(loss, fl, args, None, hand, scales, 0.0)
     except Exception as e:
         return _no_reference(
             inputs, "autodiff", f"the reference could not be differentiated ({_err(e)})"
@@ -670,9 +705,10 @@ def _composed_check(g, ref, inputs, out, rng, seed, ref_why) -> list[CheckResult
             _failure("rule", "composed", f"jax.grad of a loss through the rule raised {_err(e)}")
         ]
     note = "jax.grad of a loss calling f twice, through the rule"
+    natural = _natural_scales(fl, out, c1, c2)
     if ref is not None:
         res = _autodiff_or_inconclusive(
-            _cached(_composed_loss, ref, key), fl, hand, args, inputs, ref_why
+            _cached(_composed_loss, ref, key), fl, hand, args, inputs, ref_why, natural
         )
         if all(
             r.status != "inconclusive" or "could not be differentiated" not in r.note for r in res
@@ -680,7 +716,7 @@ def _composed_check(g, ref, inputs, out, rng, seed, ref_why) -> list[CheckResult
             return [
                 dataclasses.replace(r, oracle="composed", note=_join(note, r.note)) for r in res
             ]
-    res = _fd_results(loss_g, fl, hand, args, seed=seed, directions=2, max_tries=12)
+    res = _fd_results(loss_g, fl, hand, args, seed=seed, directions=2, max_tries=12, scales=natural)
     return [
         dataclasses.replace(
             r, oracle="composed", note=_join(note + ", against finite differences", r.note)

@@ -48,6 +48,14 @@ def naive_softplus(x):
     return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
+def naive_sigmoid(x):
+    return 1 / (1 + jnp.exp(-x))
+
+
+def naive_tanh(x):
+    return 1 - 2 / (jnp.exp(2 * x) + 1)
+
+
 def naive_silu(x):
     return x / (1 + jnp.exp(-x))
 
@@ -102,7 +110,11 @@ def right_rules(dtype=np.float64) -> list[RuleCheck]:
     labels = jnp.array([0, 5, 2, 2])
     import handgrad
 
+    sat = _x((4, 6), 7, 10.0, dtype)  # saturating: the rules' cancelling terms round
     return [
+        RuleCheck("jax.nn.sigmoid, |x| ~ 10", jax.nn.sigmoid, (sat,), reference=naive_sigmoid),
+        RuleCheck("jnp.tanh, |x| ~ 10", jnp.tanh, (sat,), reference=naive_tanh),
+        RuleCheck("jax.nn.softmax, |x| ~ 10", jax.nn.softmax, (sat,), reference=naive_softmax),
         RuleCheck("jax.nn.relu", jax.nn.relu, (x,), order=2),
         RuleCheck("jax.nn.relu at 0", jax.nn.relu, (x.at[0, :3].set(0),)),
         RuleCheck("jax.nn.softmax", jax.nn.softmax, (x,), reference=naive_softmax, order=2),
