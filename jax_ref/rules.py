@@ -505,7 +505,7 @@ def check_vjp(
     if "composed" in contracts:
         results += _composed_check(g, ref, inputs, out, rng, seed, ref_why)
     if order == 2 and "second_order" in contracts:
-        results += _second_order(rule, ref, inputs, ct_full, rng)
+        results += _second_order(rule, ref, inputs, ct_full, rng, out)
     return results
 
 
@@ -725,12 +725,13 @@ def _composed_check(g, ref, inputs, out, rng, seed, ref_why) -> list[CheckResult
     ]
 
 
-def _second_order(rule, ref, inputs, ct, rng) -> list[CheckResult]:
+def _second_order(rule, ref, inputs, ct, rng, out) -> list[CheckResult]:
     """JVP of the rule's VJP along a random tangent u, against the reference's."""
     if ref is None:
         return _no_reference(inputs, "second_order", "no reference: second derivatives not judged")
     fl, others, key = inputs.floats(), inputs.others, inputs.key()
     u = _random_like(rng, fl, scale_by_rms=True)
+    natural = _max_abs(ct) * _max_abs(out)
 
     def vjp_of(fn_rule):
         def h(fl_):
@@ -775,7 +776,15 @@ def _second_order(rule, ref, inputs, ct, rng) -> list[CheckResult]:
     res = []
     for n in inputs.fnames:
         dt = jnp.result_type(fl[n])
-        r = _judge(n, hand[n], want[n], None if golden is None else golden[n], dt, 0.0, why)
+        # the first-order natural scale, times how far u reaches against x's typical entry
+        rms = (
+            float(np.sqrt(np.mean(np.square(np.asarray(fl[n], np.float64)))))
+            if np.size(fl[n])
+            else 0
+        )
+        reach = _max_abs(u[n]) / max(rms, 1e-300)
+        scale = 0.0 if dt == jnp.float64 else natural * min(reach, 1e6)
+        r = _judge(n, hand[n], want[n], None if golden is None else golden[n], dt, scale, why)
         res.append(
             dataclasses.replace(
                 r,
