@@ -94,6 +94,7 @@ def test_flash_attention_rule_low_precision(dtype, causal):
     assert all(np.isfinite(r.max_rel_err) for r in results if r.oracle == "autodiff")
 
 
+@pytest.mark.slow
 def test_no_overflow_at_large_scores_float32():
     Q, K, V = _qkv(np.float32, N=16, M=16, lead=(), scale=2000.0)
     dO = jnp.ones_like(Q[..., :3])
@@ -113,7 +114,7 @@ def test_softmax_jacobian_agrees_with_softmax_backward():
     )
 
 
-@pytest.mark.parametrize(("N", "M", "block"), [(1, 1, 4), (5, 13, 4), (8, 8, 8), (3, 7, 100)])
+@pytest.mark.parametrize(("N", "M", "block"), [(1, 1, 4), (5, 13, 4), (3, 7, 100)])
 def test_any_block_size_any_length(N, M, block):
     Q, K, V = _qkv(np.float64, N=N, M=M, lead=())
     np.testing.assert_allclose(

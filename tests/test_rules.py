@@ -13,7 +13,7 @@ import jax_ref
 from jax_ref.rules import CONTRACTS, RuleCheck, assert_jvp, assert_vjp, check_jvp, check_vjp
 
 QUICK_RIGHT: set[str] = set()  # the default profile checks right rules in the tests below
-QUICK_WRONG = {"right alone, wrong when composed", "custom JVP with a wrong tangent scale"}
+QUICK_WRONG = {"right alone, wrong when composed"}  # a JVP: test_a_wrong_jvp_fails below
 
 
 def _marks(name, quick):
@@ -149,3 +149,15 @@ def test_bad_arguments_say_what_was_expected():
 def test_public_names():
     for name in ("check_vjp", "check_jvp", "assert_vjp", "assert_jvp", "RuleCheck"):
         assert hasattr(jax_ref, name)
+
+
+def test_a_wrong_jvp_fails_and_a_right_one_passes():
+    """check_jvp in the default profile: softplus' = σ, and a tangent scaled by 1/2."""
+    x = jnp.linspace(-3.0, 3.0, 7)
+    right = jax.custom_jvp(lambda x: jnp.logaddexp(x, 0.0))
+    right.defjvp(lambda p, t: (right(p[0]), t[0] * jax.nn.sigmoid(p[0])))
+    assert_jvp(right, x, contracts=())
+    half = jax.custom_jvp(lambda x: jnp.logaddexp(x, 0.0))
+    half.defjvp(lambda p, t: (half(p[0]), 0.5 * t[0] * jax.nn.sigmoid(p[0])))
+    failed = {r.oracle for r in check_jvp(half, x, contracts=()) if r.status == "failed"}
+    assert failed == {"autodiff", "finite_difference"}

@@ -216,6 +216,7 @@ def test_npz_whole_number_float_labels_and_non_archives_say_the_fix(tmp_path):
         load_npz(tmp_path / "missing.npz")
 
 
+@pytest.mark.slow
 def test_attention_classifier_hand_gradient_passes_both_oracles():
     """handgrad train --model attention: the whole model's hand backward (MLP head,
     residual, attention, projections) against autodiff of jax_ref's loss and against
