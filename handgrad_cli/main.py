@@ -443,7 +443,7 @@ def _compilation_cache() -> None:
     """Keep XLA's compiled programs between runs (JAX's persistent compilation cache), so
     a second `handgrad check` skips most of its compiling. In $HANDGRAD_CACHE_DIR, else
     $XDG_CACHE_HOME/handgrad/xla or ~/.cache/handgrad/xla; HANDGRAD_CACHE_DIR=off turns it
-    off. Only for the program: tests calling `main` keep a process without it."""
+    off. `run()` turns it on for the program, tests/conftest.py for the test suite."""
     import os
     from pathlib import Path
 

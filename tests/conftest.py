@@ -12,30 +12,14 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
+from handgrad_cli.main import _compilation_cache
+
 jax.config.update("jax_enable_x64", True)
 
 
-def _compilation_cache() -> None:
-    """XLA's compiled programs kept between test runs (JAX's persistent compilation
-    cache), as the `handgrad` command keeps them: the edit-test loop recompiles only what
-    changed. $HANDGRAD_CACHE_DIR, else ~/.cache/handgrad/xla; `off` turns it off (the
-    first run on a machine compiles everything: ~98 s on 2 cores, ~38 s warm)."""
-    from pathlib import Path
-
-    where = os.environ.get("HANDGRAD_CACHE_DIR")
-    if where == "off":
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    path = Path(where) if where else Path(base) / "handgrad" / "xla"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
+# XLA's compiled programs kept between test runs, in the cache the `handgrad` command uses
+# ($HANDGRAD_CACHE_DIR, else ~/.cache/handgrad/xla; `off` turns it off): the edit-test loop
+# recompiles only what changed (measured on 2 cores: ~95 s the first time, ~30 s warm).
 _compilation_cache()
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
