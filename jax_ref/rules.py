@@ -394,12 +394,15 @@ def check_vjp(
     contracts: Sequence[str] = CONTRACTS,
     directions: int = 2,
     max_tries: int = 12,
+    scales: dict[str, float] | None = None,
 ) -> list[CheckResult]:
     """Check a VJP rule of `f` at `primals`: `vjp(*primals, ct) -> (ct_0, ..., ct_n)` if
     given, else f's own rule (a `custom_vjp` or `custom_jvp` function is checked by its
     rule). One result per float input leaf and oracle (`autodiff` of the reference,
     `finite_difference` of f's forward pass), then the contract checks (module docstring).
-    `order=2` adds the second-order check."""
+    `order=2` adds the second-order check. `scales` ({input leaf name: float}) replaces
+    the natural error scale of those leaves' cotangents (default: max|ȳ|·max|y| in low
+    precision, 0 in float64; see `_natural_scales`)."""
     if not callable(f):
         raise ValueError(f"f must be a callable; got {type(f).__name__}")
     if vjp is not None and not callable(vjp):
@@ -418,6 +421,12 @@ def check_vjp(
     inputs = _Inputs(f, primals)
     if not inputs.fidx:
         raise ValueError("check_vjp: no floating-point input to differentiate")
+    unknown_leaves = set(scales or {}) - set(inputs.fnames)
+    if unknown_leaves:
+        raise ValueError(
+            f"scales must name float input leaves {list(inputs.fnames)}; "
+            f"got {sorted(unknown_leaves)}"
+        )
     rng = np.random.default_rng(seed)
     ref, ref_why = _reference_for(f, vjp is not None, reference)
     rule = _rule_from_vjp(f, vjp)
@@ -467,7 +476,10 @@ def check_vjp(
 
     if fl_ok and len(fl_ok) == len(fl):
         pairing = _cached(_pairing_loss, f, key)
-        natural = _natural_scales(fl, out, ct)
+        natural = {
+            **_natural_scales(fl, out, ct),
+            **{k: float(v) for k, v in (scales or {}).items()},
+        }
         if "autodiff" in oracles:
             if ref is None:
                 results += _no_reference(

@@ -142,6 +142,8 @@ def test_bad_arguments_say_what_was_expected():
     f.defvjp(lambda x: (x, None), lambda r, g: (g,))
     with pytest.raises(ValueError, match="custom_vjp function: it has no forward-mode"):
         check_jvp(f, x)
+    with pytest.raises(ValueError, match="scales must name float input leaves"):
+        check_vjp(jnp.sin, x, scales={"y": 1.0})
     with pytest.raises(ValueError, match="kind must be"):
         RuleCheck("x", jnp.sin, (x,), kind="hvp")
 
