@@ -870,6 +870,11 @@ def check_jvp(
         )
     if not primals:
         raise ValueError("check_jvp needs at least one primal input")
+    unknown = (set(oracles) - set(ORACLES)) | (set(contracts) - set(CONTRACTS[:-1]))
+    if unknown:
+        raise ValueError(
+            f"unknown oracles or contracts {sorted(unknown)}; known {ORACLES + CONTRACTS[:-1]}"
+        )
     c = _custom(f)
     if jvp is None and isinstance(c, jax.custom_vjp):
         raise ValueError(
