@@ -285,10 +285,44 @@ def _check(args) -> int:
         print(f"handgrad check: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    report = run_check(
-        seed=args.seed, dtypes=dtypes, examples=args.examples, derivations=derivations
-    )
+    import os
+
+    from jax_ref.derivations import REGISTRY
+
+    chosen = derivations or list(REGISTRY.values())
+    if len(chosen) > 1 and (os.cpu_count() or 1) > 1:
+        report = _check_in_parallel(chosen, args.seed, dtypes, args.examples)
+    else:
+        report = run_check(
+            seed=args.seed, dtypes=dtypes, examples=args.examples, derivations=derivations
+        )
     return _write_check(args, report, time.perf_counter() - t0)
+
+
+def _check_in_parallel(derivations, seed, dtypes, examples) -> dict:
+    """Each derivation's sweep and ledger in its own process, as many at once as there
+    are cores (compiling is single-threaded); the report is the serial one's."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import jax
+
+    from jax_ref.sweep import assemble, derivation_rows
+
+    cache = jax.config.jax_compilation_cache_dir
+    ctx = multiprocessing.get_context("spawn")  # a fresh JAX per process: no fork of threads
+    biggest_first = sorted(derivations, key=lambda d: -len(d.cases(seed, random_cases=examples)))
+    workers = max(1, min(len(derivations), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {
+            d.name: pool.submit(derivation_rows, d.name, seed, dtypes, examples, cache)
+            for d in biggest_first
+        }
+        results = {name: f.result() for name, f in futures.items()}  # re-raises a crash
+    checks = [row for d in derivations for row in results[d.name][0]]
+    ledger = [entry for d in derivations for entry in results[d.name][1]]
+    return assemble(seed, derivations, checks, ledger)
 
 
 def _print_check_table(report: dict) -> None:

@@ -107,6 +107,32 @@ def run_check(
             if on_case is not None:
                 on_case(d, tag)
     ledger = [e.to_dict() for e in run_ledger(seed, derivations)]
+    return assemble(seed, derivations, checks, ledger)
+
+
+def derivation_rows(
+    name: str, seed: int, dtypes, examples: int, cache_dir: str | None = None
+) -> tuple[list[dict], list[dict]]:
+    """One registered derivation's check rows and ledger entries, as plain data: the work
+    of one process when `handgrad check` spreads derivations over the cores. Each
+    derivation's cases and ledger inputs come from its own seeded generators, so the rows
+    are the same as in a serial `run_check`."""
+    jax.config.update("jax_enable_x64", True)
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    from jax_ref.derivations import get
+
+    d = get(name)
+    checks: list[dict] = []
+    for case, tag in d.cases(seed, dtypes=dtypes, random_cases=examples):
+        checks += check_derivation(d, case, tag)
+    return checks, [e.to_dict() for e in run_ledger(seed, [d])]
+
+
+def assemble(seed: int, derivations, checks: list[dict], ledger: list[dict]) -> dict:
+    """The report of `run_check` from its rows (in registry order)."""
     counts = {s: sum(c["status"] == s for c in checks) for s in STATUSES}
     unjudged = unjudged_leaves(checks)
     passed = counts["failed"] == 0 and not unjudged and all(e["passed"] for e in ledger)

@@ -101,7 +101,8 @@ def test_check_exits_1_when_a_check_fails(tmp_path, monkeypatch):
         }
 
     monkeypatch.setattr(jax_ref.sweep, "run_check", failing)
-    assert main(["check", "--out", str(tmp_path)]) == 1
+    # one derivation: the serial path (several run in worker processes)
+    assert main(["check", "--derivation", "mlp", "--out", str(tmp_path)]) == 1
     assert "FAIL" in (tmp_path / "gradcheck.md").read_text()
 
 
@@ -207,3 +208,22 @@ def test_verify_compares_verdicts_and_figures_not_noise():
     assert "passed in the report, failed now" in verify_report(flipped, committed)[0]
     fewer = {"checks": [row(2e-6)], "ledger": [{"passed": True}]}
     assert verify_report(fewer, committed)[0].startswith("missing now")
+
+
+@pytest.mark.slow
+def test_check_over_processes_writes_the_serial_report(tmp_path):
+    """Several derivations are checked in worker processes, one each: the report is the
+    one the serial sweep writes, row for row."""
+    from jax_ref.derivations import get
+    from jax_ref.sweep import run_check
+
+    names = ["softmax_ce", "sigmoid_bce"]
+    argv = ["check", "--dtype", "float64", "--examples", "0", "--out", str(tmp_path)]
+    for n in names:
+        argv += ["--derivation", n]
+    assert main(argv) == 0
+    parallel = json.loads((tmp_path / "gradcheck.json").read_text())
+    import numpy as np
+
+    serial = run_check(dtypes=(np.float64,), examples=0, derivations=[get(n) for n in names])
+    assert json.loads(json.dumps(serial, default=float)) == parallel
