@@ -913,17 +913,28 @@ def assert_gradients(
     (the worst element or direction and both values), and every leaf that no oracle
     judged conclusively (unless `allow_inconclusive`). Returns the results otherwise."""
     results = check_gradients(loss_fn, grad_fn, params, *args, **kwargs)
+    return raise_on_problems(results, "gradient", "leaves", allow_inconclusive)
+
+
+def raise_on_problems(results, what: str, unit: str, allow_inconclusive: bool):
+    """Raise an AssertionError naming every failed result and every leaf that no oracle
+    (autodiff or finite differences: a contract check judges no leaf) judged conclusively,
+    unless `allow_inconclusive`. Returns the results otherwise."""
     failed = [r for r in results if r.status == "failed"]
-    judged = {r.parameter for r in results if r.status != "inconclusive"}
-    unjudged = [r for r in results if r.status == "inconclusive" and r.parameter not in judged]
+    judged = {r.parameter for r in results if r.status != "inconclusive" and r.oracle in ORACLES}
+    unjudged = [
+        r
+        for r in results
+        if r.status == "inconclusive" and r.oracle in ORACLES and r.parameter not in judged
+    ]
     problems = failed + ([] if allow_inconclusive else unjudged)
     if problems:
         lines = "\n".join("  " + r.describe() for r in problems)
-        what = f"{len(failed)} of {len(results)} gradient checks failed"
+        msg = f"{len(failed)} of {len(results)} {what} checks failed"
         if unjudged and not allow_inconclusive:
-            what += (
-                f"; {len({r.parameter for r in unjudged})} leaves no oracle could judge "
+            msg += (
+                f"; {len({r.parameter for r in unjudged})} {unit} no oracle could judge "
                 "(allow_inconclusive=True to accept that)"
             )
-        raise AssertionError(f"{what}:\n{lines}")
+        raise AssertionError(f"{msg}:\n{lines}")
     return results

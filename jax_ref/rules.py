@@ -68,6 +68,7 @@ from jax_ref.check import (
     _to64,
     compare,
     enable_x64,
+    raise_on_problems,
 )
 from jax_ref.tolerances import tolerance
 
@@ -82,6 +83,7 @@ __all__ = [
     "run_rule_checks",
 ]
 
+_SELF_REFERENCE = "no reference: autodiff of f would be the rule under test itself"
 CONTRACTS = ("primal", "structure", "jit", "vmap", "composed", "second_order")
 _BATCH = 3  # points in the vmap check
 
@@ -482,11 +484,7 @@ def check_vjp(
         }
         if "autodiff" in oracles:
             if ref is None:
-                results += _no_reference(
-                    inputs,
-                    "autodiff",
-                    "no reference: autodiff of f would be the rule under test itself",
-                )
+                results += _no_reference(inputs, "autodiff", _SELF_REFERENCE)
             else:
                 results += _autodiff_or_inconclusive(
                     _cached(_pairing_loss, ref, key),
@@ -956,11 +954,7 @@ def check_jvp(
 
     if "autodiff" in oracles:
         if ref is None:
-            results += _no_reference(
-                inputs,
-                "autodiff",
-                "no reference: autodiff of f would be the rule under test itself",
-            )
+            results += _no_reference(inputs, "autodiff", _SELF_REFERENCE)
         else:
             results += _jvp_autodiff(ref, ref_why, inputs, U, hand_t, flat_float, out)
     if "finite_difference" in oracles:
@@ -1123,37 +1117,20 @@ def _vmap_jvp(rule, inputs, rng):
 # --- assertions ----------------------------------------------------------------------------
 
 
-def _assert(results, what, allow_inconclusive):
-    failed = [r for r in results if r.status == "failed"]
-    judged = {r.parameter for r in results if r.status != "inconclusive" and r.oracle in ORACLES}
-    unjudged = [
-        r
-        for r in results
-        if r.status == "inconclusive" and r.oracle in ORACLES and r.parameter not in judged
-    ]
-    problems = failed + ([] if allow_inconclusive else unjudged)
-    if problems:
-        lines = "\n".join("  " + r.describe() for r in problems)
-        msg = f"{len(failed)} of {len(results)} {what} checks failed"
-        if unjudged and not allow_inconclusive:
-            msg += (
-                f"; {len({r.parameter for r in unjudged})} inputs no oracle could judge "
-                "(allow_inconclusive=True to accept that)"
-            )
-        raise AssertionError(f"{msg}:\n{lines}")
-    return results
-
-
 def assert_vjp(f, *primals, allow_inconclusive: bool = False, **kwargs) -> list[CheckResult]:
     """`check_vjp`, raising an AssertionError that names each failed input leaf or contract,
     the oracle, the worst element (or direction) and both values; and each input leaf no
     oracle judged (unless `allow_inconclusive`)."""
-    return _assert(check_vjp(f, *primals, **kwargs), "VJP rule", allow_inconclusive)
+    return raise_on_problems(
+        check_vjp(f, *primals, **kwargs), "VJP rule", "inputs", allow_inconclusive
+    )
 
 
 def assert_jvp(f, *primals, allow_inconclusive: bool = False, **kwargs) -> list[CheckResult]:
     """`check_jvp`, raising as `assert_vjp` does."""
-    return _assert(check_jvp(f, *primals, **kwargs), "JVP rule", allow_inconclusive)
+    return raise_on_problems(
+        check_jvp(f, *primals, **kwargs), "JVP rule", "inputs", allow_inconclusive
+    )
 
 
 # --- declared checks (`handgrad check PATH.py`) ---------------------------------------------

@@ -424,6 +424,30 @@ def _flash_kw(c):
     return {"causal": c.causal, "block_size": c.block}
 
 
+def _dO_QKV(c):
+    return (c.dO, c.Q, c.K, c.V)
+
+
+def _backward_output(function, kwargs) -> Output:
+    """A backward pass (dO, Q, K, V) -> (dQ, dK, dV) against the referee's jax.vjp."""
+    return Output(
+        function, ("dQ", "dK", "dV"), "autodiff", _dO_QKV, _scale("attention_backward"), kwargs
+    )
+
+
+def _pairing_check(function, kwargs) -> GradientCheck:
+    """The same backward pass as the gradient of ⟨dO, O(Q, K, V)⟩, by finite differences."""
+    return GradientCheck(
+        function,
+        pairing,
+        _dO_QKV,
+        scale=_scale("attention_backward"),
+        parameter=("dQ", "dK", "dV"),
+        kwargs=kwargs,
+        loss_args=lambda c: ((c.Q, c.K, c.V), c.dO, c.mask),
+    )
+
+
 DERIVATION = Derivation(
     name="attention",
     module=hand,
@@ -437,43 +461,13 @@ DERIVATION = Derivation(
             _scale("softmax_backward"),
         ),
         Output("attention", "O", "referee", _qkv, _scale("attention"), _kw),
-        Output(
-            "attention_backward",
-            ("dQ", "dK", "dV"),
-            "autodiff",
-            lambda c: (c.dO, c.Q, c.K, c.V),
-            _scale("attention_backward"),
-            _kw,
-        ),
+        _backward_output("attention_backward", _kw),
         Output("flash_attention", "O", "referee", _qkv, _scale("attention"), _flash_kw),
-        Output(
-            "flash_attention_backward",
-            ("dQ", "dK", "dV"),
-            "autodiff",
-            lambda c: (c.dO, c.Q, c.K, c.V),
-            _scale("attention_backward"),
-            _flash_kw,
-        ),
+        _backward_output("flash_attention_backward", _flash_kw),
     ),
     gradients=(
-        GradientCheck(
-            "attention_backward",
-            pairing,
-            lambda c: (c.dO, c.Q, c.K, c.V),
-            scale=_scale("attention_backward"),
-            parameter=("dQ", "dK", "dV"),
-            kwargs=_kw,
-            loss_args=lambda c: ((c.Q, c.K, c.V), c.dO, c.mask),
-        ),
-        GradientCheck(
-            "flash_attention_backward",
-            pairing,
-            lambda c: (c.dO, c.Q, c.K, c.V),
-            scale=_scale("attention_backward"),
-            parameter=("dQ", "dK", "dV"),
-            kwargs=_flash_kw,
-            loss_args=lambda c: ((c.Q, c.K, c.V), c.dO, c.mask),
-        ),
+        _pairing_check("attention_backward", _kw),
+        _pairing_check("flash_attention_backward", _flash_kw),
     ),
     cases=cases,
     strategy=strategy,
