@@ -208,16 +208,20 @@ def _golden(loss_fn, params, args):
     return (value, grads), ""
 
 
-def _judge(name, got, want, golden, dtype, scale, why_no_golden) -> CheckResult:
+_OWN = {"autodiff": "autodiff's", "referee": "the referee's"}
+
+
+def _judge(name, got, want, golden, dtype, scale, why_no_golden, oracle="autodiff") -> CheckResult:
     """A low-precision result against the float64 golden value under the precision
-    budget, or against the table when there is no golden value (said in the note)."""
+    budget, or against the table when there is no golden value (said in the note).
+    `want` is the oracle's value at `dtype` (the baseline), `golden` the same in float64."""
     b = budget(dtype)
     if b is None:
-        return compare(name, "autodiff", got, want, dtype, tolerance(dtype), scale=scale)
+        return compare(name, oracle, got, want, dtype, tolerance(dtype), scale=scale)
     if golden is None:
         return compare(
             name,
-            "autodiff",
+            oracle,
             got,
             want,
             dtype,
@@ -230,13 +234,13 @@ def _judge(name, got, want, golden, dtype, scale, why_no_golden) -> CheckResult:
     allowed = b.k * base + b.floor
     r = compare(
         name,
-        "autodiff",
+        oracle,
         got,
         golden,
         dtype,
         allowed,
         scale=scale,
-        note=f"precision budget: within {b.k:g} x autodiff's own error "
+        note=f"precision budget: within {b.k:g} x {_OWN[oracle]} own error "
         f"{base:.2g} + {b.floor:.2g} of the float64 golden value",
     )
     return dataclasses.replace(r, baseline_err=base)

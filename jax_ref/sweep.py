@@ -13,11 +13,11 @@ import jax
 import numpy as np
 
 import handgrad
-from jax_ref.check import STATUSES, CheckResult, check_gradients, compare
+from jax_ref.check import STATUSES, CheckResult, _judge, check_gradients
 from jax_ref.ledger import run_ledger
 from jax_ref.properties import leaf_names, scales_like
 from jax_ref.spec import Derivation, implementation
-from jax_ref.tolerances import tolerance
+from jax_ref.tolerances import budget
 
 __all__ = ["check_derivation", "run_check", "unjudged_leaves", "versions"]
 
@@ -48,24 +48,48 @@ def _both(d: Derivation, case):
     ]
 
 
+def _golden(d: Derivation, case):
+    """The referee's outputs in float64 at the same point (the case's floats widened,
+    exactly), or (None, why). Through `_both`: the float64 sweep has compiled it already
+    when the shapes match."""
+
+    def widen(x):  # Python numbers stay (weakly typed, as in the float64 case)
+        if isinstance(x, (bool, int, float)):
+            return x
+        return np.asarray(x, np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else x
+
+    wide = jax.tree.map(widen, case)
+    try:
+        outs = [jax.tree.leaves(want) for _, want in _both(d, wide)]
+    except Exception as e:  # any failure means: no golden value
+        return None, f"the referee could not run in float64 ({type(e).__name__}: {e})"
+    if not all(np.all(np.isfinite(np.asarray(x))) for leaves in outs for x in leaves):
+        return None, "the referee's float64 values are not finite"
+    return outs, ""
+
+
 def check_derivation(d: Derivation, case, tag: str) -> list[dict[str, Any]]:
     """Rows for one case: each output against the referee, each gradient against finite
-    differences of the referee's loss."""
+    differences of the referee's loss. A float32 (or 16-bit) output is judged by the
+    precision budget: against the referee in float64 at the same point, within k x the
+    referee's own error at that dtype plus a floor (jax_ref.tolerances.BUDGETS)."""
     dtype = next(
         np.asarray(x).dtype
         for x in jax.tree.leaves(case)
         if np.issubdtype(np.asarray(x).dtype, np.floating)
     )
-    tol = tolerance(dtype)
+    golden, why = _golden(d, case) if budget(dtype) is not None else (None, "")
     rows, values = [], {}
-    for o, (got, want) in zip(d.outputs, _both(d, case)):
+    for i, (o, (got, want)) in enumerate(zip(d.outputs, _both(d, case))):
         values[o.function] = got
         leaves_got, leaves_want = jax.tree.leaves(got), jax.tree.leaves(want)
         scales = scales_like(want, o.scale(case))
-        for name, g, w, s in zip(leaf_names(o.parameter, want), leaves_got, leaves_want, scales):
-            rows.append(
-                _row(d, o.function, tag, compare(name, o.oracle, g, w, dtype, tol, scale=s))
-            )
+        gold = [None] * len(leaves_want) if golden is None else golden[i]
+        for name, g, w, s, gd in zip(
+            leaf_names(o.parameter, want), leaves_got, leaves_want, scales, gold
+        ):
+            r = _judge(name, g, w, gd, dtype, s, why, oracle=o.oracle)
+            rows.append(_row(d, o.function, tag, r))
     hand = implementation(d)
     for g in d.gradients:
         if g.function in values:
@@ -111,12 +135,20 @@ def run_check(
 
 
 def derivation_rows(
-    name: str, seed: int, dtypes, examples: int, cache_dir: str | None = None
+    name: str,
+    seed: int,
+    dtypes,
+    examples: int,
+    cache_dir: str | None = None,
+    part: int = 0,
+    parts: int = 1,
 ) -> tuple[list[dict], list[dict]]:
     """One registered derivation's check rows and ledger entries, as plain data: the work
-    of one process when `handgrad check` spreads derivations over the cores. Each
-    derivation's cases and ledger inputs come from its own seeded generators, so the rows
-    are the same as in a serial `run_check`."""
+    of one process when `handgrad check` spreads the sweep over the cores. With `parts`,
+    only the `part`-th contiguous share of the cases (neighbours share a shape, so a
+    float32 case finds its float64 golden compiled), and the ledger with part 0. Each
+    derivation's cases and ledger inputs come from its own seeded generators, so the rows,
+    parts concatenated in order, are those of a serial `run_check`."""
     jax.config.update("jax_enable_x64", True)
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
@@ -125,10 +157,12 @@ def derivation_rows(
     from jax_ref.derivations import get
 
     d = get(name)
+    cases = d.cases(seed, dtypes=dtypes, random_cases=examples)
+    lo, hi = part * len(cases) // parts, (part + 1) * len(cases) // parts
     checks: list[dict] = []
-    for case, tag in d.cases(seed, dtypes=dtypes, random_cases=examples):
+    for case, tag in cases[lo:hi]:
         checks += check_derivation(d, case, tag)
-    return checks, [e.to_dict() for e in run_ledger(seed, [d])]
+    return checks, [e.to_dict() for e in run_ledger(seed, [d])] if part == 0 else []
 
 
 def assemble(seed: int, derivations, checks: list[dict], ledger: list[dict]) -> dict:
