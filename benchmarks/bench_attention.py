@@ -212,12 +212,11 @@ def markdown(rows, big, timing, real, png) -> str:
 
 
 def write_section(out: Path, section: str, png_writer) -> None:
-    from jax_ref.report import write_files
+    from jax_ref.report import replace_section, write_files
 
     old = out.read_text() if out.exists() else "# Benchmarks\n"
-    head = old.split(MARKER)[0].rstrip("\n") + "\n\n"
     png = "attention_memory.png"
-    write_files(out.parent, {out.name: head + section, png: png_writer})
+    write_files(out.parent, {out.name: replace_section(old, MARKER, section), png: png_writer})
 
 
 def main(argv=None) -> int:

@@ -279,13 +279,12 @@ def main(argv=None) -> int:
     if args.out:
         from pathlib import Path
 
-        from jax_ref.report import write_files
+        from jax_ref.report import replace_section, write_files
 
         out = Path(args.out)
-        text = markdown(steps, loops, args.reps)
-        marker = "<!-- bench_attention -->"  # bench_attention.py's section: kept as it is
-        if out.exists() and marker in out.read_text():
-            text += "\n" + marker + out.read_text().split(marker, 1)[1]
+        old = out.read_text() if out.exists() else ""
+        # the head is this script's; the other scripts' sections are kept as they are
+        text = replace_section(old, "", markdown(steps, loops, args.reps))
         write_files(out.parent, {out.name: text})
         print(f"wrote {out}")
     return 0

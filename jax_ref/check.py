@@ -20,13 +20,17 @@ oracle, with a `status`: "passed", "failed" or "inconclusive" (the oracle could 
   leaf-balanced directions; only where it does not settle the verdict are leaves probed
   one by one. Each direction is evaluated at t = 0, ±h, ±h/2, ±h/4 and used only if the
   differences behave as a smooth function's do; a kink (a ReLU input crossing 0) is looked
-  at 64x closer, then replaced by another direction; a non-finite value shrinks the step;
+  at closer (64x; a big leaf, which starts 16x closer, 16x), then replaced by another
+  direction; a non-finite value shrinks the step;
   a loss flat at its rounding resolution is compared with the change the hand gradient
   predicts. The allowed error per direction is the difference's own error bound (the loss's
   rounding noise, measured ECnoise-style, the Richardson truncation estimate) plus the
   rounding the gradient's own dtype permits. Each result states `detectable_rel_err`, the
   smallest error in one element of the leaf, relative to the leaf's largest entry, that
-  the directions used would have flagged.
+  the directions used would have flagged. Directions travel as int8 signs and one scale
+  per leaf. Along a big leaf (a problem over 65,536 elements), the loss is evaluated by
+  `jax_ref.affine`: what is polynomial in the step (a first layer's X·W, a |W|² penalty)
+  once, the rest point by point; exact algebra, not differentiation.
 """
 
 from __future__ import annotations

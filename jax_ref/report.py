@@ -15,7 +15,37 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["gradcheck_markdown", "mutants_markdown", "plot_gradcheck", "write_files"]
+__all__ = [
+    "gradcheck_markdown",
+    "mutants_markdown",
+    "plot_gradcheck",
+    "replace_section",
+    "write_files",
+]
+
+
+def replace_section(text: str, marker: str, section: str) -> str:
+    """`text` (a Markdown file of sections, each opened by a marker line `<!-- name -->`;
+    the part before the first marker has none) with the section of `marker` replaced by
+    `section`, or `section` appended when there is none yet. `marker` "" means the head.
+    Each benchmark script writes its own section and keeps the others as they are."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if _is_marker(line)]
+    if marker == "":
+        first, end = 0, (starts[0] if starts else len(lines))
+    else:
+        mine = [i for i in starts if lines[i].strip() == marker]
+        if not mine:
+            return text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+        first = mine[0]
+        end = next((i for i in starts if i > first), len(lines))
+    body = section.rstrip("\n") + "\n" + ("\n" if end < len(lines) else "")
+    return "".join(lines[:first]) + body + "".join(lines[end:])
+
+
+def _is_marker(line: str) -> bool:
+    s = line.strip()
+    return s.startswith("<!-- ") and s.endswith(" -->")
 
 
 def _json_default(x):

@@ -35,6 +35,25 @@ def _conv(img, ker):
 CASES = [
     # dot with a constant, add of a broadcast bias, deferred ReLU, |W|² (degree 2)
     ("mlp first layer, weight decay", lambda w: mlp_loss(MLP._replace(W1=w), X, Y, 0.1), MLP.W1),
+    # a narrowing cast is not linear: deferred
+    ("float32 cast", lambda x: jnp.sum(jnp.sin(x.astype(jnp.float32))).astype(jnp.float64), X),
+    # x·xᵀ has a free dimension: not symmetric; x·x·x is degree 3: deferred
+    (
+        "x xT and a cube",
+        lambda x: (
+            jnp.sum(jnp.sin(jax.lax.dot_general(x, x, (((1,), (1,)), ((), ()))) @ jnp.arange(6.0)))
+            + jnp.sum(x * x * x)
+        ),
+        X,
+    ),
+]
+SLOW_CASES = [
+    # a predicate that depends on x (where), division by a constant, a loss linear in x
+    (
+        "where, divide, linear",
+        lambda x: jnp.sum(jnp.where(x > 0, x, 0.1 * x) ** 3) + jnp.sum(x / 3.0),
+        X,
+    ),
     # conv linear in the kernel, deferred tanh
     ("conv kernel", lambda k: jnp.sum(jnp.tanh(_conv(IMG, k))), KER),
     # gather / pad (constant padding value: a summand) / concatenate with a constant
@@ -48,25 +67,6 @@ CASES = [
         ),
         X,
     ),
-    # a narrowing cast is not linear: deferred
-    ("float32 cast", lambda x: jnp.sum(jnp.sin(x.astype(jnp.float32))).astype(jnp.float64), X),
-    # x·xᵀ has a free dimension: not symmetric; x·x·x is degree 3: deferred
-    (
-        "x xT and a cube",
-        lambda x: (
-            jnp.sum(jnp.sin(jax.lax.dot_general(x, x, (((1,), (1,)), ((), ()))) @ jnp.arange(6.0)))
-            + jnp.sum(x * x * x)
-        ),
-        X,
-    ),
-    # a predicate that depends on x (where), division by a constant, a loss linear in x
-    (
-        "where, divide, linear",
-        lambda x: jnp.sum(jnp.where(x > 0, x, 0.1 * x) ** 3) + jnp.sum(x / 3.0),
-        X,
-    ),
-]
-SLOW_CASES = [
     ("conv image", lambda im: jnp.sum(jnp.tanh(_conv(im, KER)) ** 2), IMG),
     (
         "dynamic_update_slice",
@@ -167,6 +167,7 @@ def test_a_big_leaf_is_judged_along_its_line(monkeypatch):
     assert {r.parameter: r.status for r in bad} == {"W": "failed", "c": "passed"}
 
 
+@pytest.mark.slow
 def test_without_the_line_the_verdicts_are_the_same(monkeypatch):
     """Where the walk cannot trace the loss, the probe evaluates it the plain way."""
 

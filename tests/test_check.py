@@ -206,3 +206,31 @@ def test_tiny_parameters_get_tiny_steps():
         lambda p: jnp.sum(jnp.log(p)), lambda p: 1 / p, p, oracles=("finite_difference",)
     )
     assert r.passed and r.detectable_rel_err < 1e-6
+
+
+def test_the_sweep_judges_float32_outputs_by_the_budget():
+    """`handgrad check` judges a float32 output against the referee in float64 at the same
+    point, within k x the referee's own float32 error: the shipped sigmoid passes; one
+    1e-5 relative wrong, which the float32 table (1e-4) would pass, fails."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from jax_ref.derivations import get
+    from jax_ref.sweep import check_derivation
+
+    d = get("sigmoid_bce")
+    case, tag = d.cases(0, dtypes=(np.float32,), random_cases=0)[0]
+    rows = [r for r in check_derivation(d, case, tag) if r["oracle"] != "finite_difference"]
+    assert rows and all(r["status"] == "passed" for r in rows), rows
+    assert all(r["baseline_err"] is not None and "precision budget" in r["note"] for r in rows)
+
+    shipped = d.module
+    off = SimpleNamespace(
+        **{
+            **{n: getattr(shipped, n) for n in d.functions},
+            "sigmoid": lambda z: shipped.sigmoid(z) * np.float32(1 + 1e-5),
+        }
+    )
+    bad = check_derivation(dataclasses.replace(d, module=off), case, tag)
+    sig = next(r for r in bad if r["function"] == "sigmoid")
+    assert sig["status"] == "failed" and sig["max_rel_err"] < 1e-4, sig

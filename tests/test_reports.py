@@ -54,3 +54,21 @@ def test_reports_link_files_that_exist(path):
     for target in re.findall(r"\]\(([^)\s#]+\.(?:md|png|json|py))\)", path.read_text()):
         if "://" not in target:
             assert (path.parent / target).exists(), f"{path}: broken link {target}"
+
+
+def test_a_benchmark_section_is_replaced_and_the_others_kept():
+    """Each benchmark script rewrites only its own section of reports/benchmarks.md."""
+    from jax_ref.report import replace_section
+
+    text = "# Benchmarks\n\nhead\n\n<!-- a -->\n\nA\n\n<!-- b -->\n\nB\n"
+    assert replace_section(text, "<!-- a -->", "<!-- a -->\n\nA2\n") == (
+        "# Benchmarks\n\nhead\n\n<!-- a -->\n\nA2\n\n<!-- b -->\n\nB\n"
+    )
+    assert replace_section(text, "", "# Benchmarks\n\nnew\n") == (
+        "# Benchmarks\n\nnew\n\n<!-- a -->\n\nA\n\n<!-- b -->\n\nB\n"
+    )
+    added = replace_section(text, "<!-- c -->", "<!-- c -->\n\nC\n")
+    assert added == text + "\n<!-- c -->\n\nC\n"
+    assert replace_section(added, "<!-- b -->", "<!-- b -->\n\nB2\n").endswith(
+        "<!-- b -->\n\nB2\n\n<!-- c -->\n\nC\n"
+    )
