@@ -165,7 +165,8 @@ def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckRes
     g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
     # detection power relative to the leaf's largest entry: a natural scale above it
     # (errors measured against the scale the rounding lives on) weakens it by that factor
-    big = max(float(np.max(np.abs(w[np.isfinite(w)]), initial=0.0)), 0.0)
+    ok = np.isfinite(w)
+    big = float(np.max(np.abs(w if ok.all() else w[ok]), initial=0.0))
     weaken = max(float(scale), big) / big if big > 0 else 1.0
     return CheckResult(
         parameter=name,

@@ -96,6 +96,12 @@ def rel_error(got, want, scale: float = 0.0) -> tuple[float, float, tuple[int, .
     want = np.asarray(want, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled just below
         diff = np.abs(got - want)
+    if diff.size and np.isfinite(diff).all():  # then got and want are finite: one pass each
+        idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        max_abs = float(diff[idx])
+        scale = max(float(np.max(np.abs(got))), float(np.max(np.abs(want))), float(scale))
+        rel = 0.0 if max_abs == 0.0 else (max_abs / scale if scale > 0 else np.inf)
+        return max_abs, rel, tuple(int(i) for i in idx)
     both_nan = np.isnan(got) & np.isnan(want)
     diff = np.where(both_nan, 0.0, np.where(np.isfinite(diff), diff, np.inf))
     if diff.size == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -549,6 +550,43 @@ case(
     },
     fd_blind=("all winners get 1", "negated"),
     ad_blind=("all winners get 1", "negated"),
+)
+
+# 20. a big leaf: a 600 x 220 tanh layer (132,000 weights, over the 65,536 elements from
+# which the finite-difference oracle evaluates the loss along the leaf's line through
+# jax_ref.affine) with a softplus head and weight decay
+W20 = normal(600, 220, s=1 / np.sqrt(600))
+c20, A20 = normal(220, s=0.3), normal(16, 600)
+
+
+def wide(p, A, decay=1e-3):
+    h = jnp.tanh(A @ p["W"])
+    return jnp.mean(jnp.logaddexp(0.0, h @ p["c"])) + decay * jnp.vdot(p["W"], p["W"])
+
+
+def wide_grad(p, A, decay=1e-3, tanh_deriv=lambda h: 1 - h**2):
+    h = jnp.tanh(A @ p["W"])
+    r = jax.nn.sigmoid(h @ p["c"]) / A.shape[0]  # d mean softplus / d z
+    dh = r[:, None] * p["c"][None, :] * tanh_deriv(h)
+    return {"W": A.T @ dh + 2 * decay * p["W"], "c": h.T @ r}
+
+
+case(
+    "132,000-element leaf",
+    wide,
+    {"W": W20, "c": c20},
+    (A20,),
+    wide_grad,
+    {
+        "weight decay counted once, not twice": lambda p, A: {
+            **wide_grad(p, A),
+            "W": wide_grad(p, A)["W"] - 1e-3 * p["W"],
+        },
+        "tanh' taken as 1 - h": lambda p, A: wide_grad(p, A, tanh_deriv=lambda h: 1 - h),
+        "one weight 1e-3 of the largest off": lambda p, A: _bump(
+            wide_grad(p, A), 1e-3, key="W", index=77_777
+        ),
+    },
 )
 
 WRONG = sum(len(c.wrong) for c in CASES)
