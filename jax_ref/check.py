@@ -362,6 +362,10 @@ def _dtype_mismatch(name, oracle, g, want, pdt, gdt) -> CheckResult:
 # φ(t) = L(x + t v); φ'(0) = Σ_l s_l ĝ_l·r_l is what the hand gradient predicts.
 
 _H = 1e-4  # relative step: each element moves by 1e-4 of its leaf's rms
+# The largest step, for a loss whose rounding hides the slope at _H (one computed in
+# float32 inside: noise ~6e-8 of its value). Richardson's O(h⁴) error stays small there
+# for a smooth loss, and the smoothness test catches one that is not.
+_H_MAX = 1e-2
 _NOISE = 5  # extra points for the noise estimate (ECnoise differences of order 3 to 5)
 _STENCIL = (1.0, 0.5, 0.25)  # t = ±h·s: three central differences
 
@@ -416,6 +420,7 @@ class _Probe:
         self.size = size
         self.big = sum(int(np.size(x)) for x in leaves) > _BIG
         self.no_line = set()  # moving patterns the affine evaluation could not trace
+        self.eps = _resolution(loss_fn, treedef, leaves, args)
 
     def __call__(self, dirs, points):
         """dirs: per leaf, int8 signs (K, *shape) on the device, or None. points:
@@ -449,6 +454,49 @@ class _Probe:
         return out
 
 
+_RESOLUTIONS: dict = {}  # (loss_fn, treedef, avals) -> eps; a few entries per test suite
+
+
+def _resolution(loss_fn, treedef, leaves, args) -> float:
+    """The unit of the loss's rounding: the machine epsilon of the narrowest float type it
+    computes in (float64's, 2.2e-16, unless it casts to float32, bfloat16 or float16
+    inside). A loss that runs in float32 inside is quantized at ~1e-7 of its value even
+    when its inputs and output are float64: taking float64's unit would read its flatness
+    at small steps as a slope of zero, and a correct gradient as wrong."""
+    avals = tuple((np.shape(x), jnp.result_type(x)) for x in [*leaves, *jax.tree.leaves(args)])
+    key = (loss_fn, treedef, avals)
+    try:
+        if key in _RESOLUTIONS:
+            return _RESOLUTIONS[key]
+    except TypeError:  # an unhashable loss_fn: work it out each time
+        key = None
+    try:
+        closed = jax.make_jaxpr(lambda ls, a: loss_fn(jax.tree.unflatten(treedef, ls), *a))(
+            list(leaves), args
+        )
+        eps = max([2.2e-16, *(float(jnp.finfo(d).eps) for d in _float_dtypes(closed.jaxpr))])
+    except Exception:  # the probe will raise what is wrong; here: assume float64
+        eps = 2.2e-16
+    if key is not None:
+        if len(_RESOLUTIONS) > 256:
+            _RESOLUTIONS.clear()
+        _RESOLUTIONS[key] = eps
+    return eps
+
+
+def _float_dtypes(jaxpr):
+    """Every float dtype a jaxpr (and the jaxprs inside it) computes in."""
+    from jax.extend.core import jaxprs_in_params
+
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            dt = getattr(v.aval, "dtype", None)
+            if dt is not None and jnp.issubdtype(dt, jnp.floating):
+                yield dt
+        for sub in jaxprs_in_params(eqn.params):
+            yield from _float_dtypes(sub)
+
+
 def _noise_level(f) -> float:
     """The loss's own rounding noise from values on a fine equispaced grid (ECnoise, Moré &
     Wild 2011): the k-th differences of noise σ have variance (2k)!/(k!)² σ². Not ε|φ|:
@@ -472,6 +520,17 @@ class _Dir:
     verdict: str  # smooth | kink | kink at 0 | flat | non-finite
     left: float = math.nan  # one-sided slopes, at a kink at 0
     right: float = math.nan
+    noise: float = 0.0  # the part of `bound` that rounding noise makes
+
+    def too_fine(self, flat_is_resolution: bool) -> bool:
+        """Is the step too small for the loss's rounding, so that a larger one would see
+        more: noise above 1e-3 of the slope; or flat, where that flatness is the rounding's
+        (below the standard step _H, or a loss computed in a narrower float inside). A
+        float64 loss flat at _H is flat for real (a quantized loss: round(x)), and the
+        flat comparison judges it."""
+        if self.verdict in ("flat", "constant"):
+            return flat_is_resolution
+        return self.verdict == "smooth" and self.noise > 1e-3 * abs(self.est)
 
 
 def _directional(f0, fp, fm, h, eps, sigma) -> _Dir:
@@ -514,7 +573,8 @@ def _directional(f0, fp, fm, h, eps, sigma) -> _Dir:
         right, left = 2 * F[2] - F[1], 2 * B[2] - B[1]
         err = 4 * noise + abs(F[2] - F[1]) + abs(B[2] - B[1])
         return _Dir(richardson, err, "kink at 0", left, right)
-    return _Dir(richardson, bound + 2 * jump, "kink" if off_center else "smooth")
+    verdict = "kink" if off_center else "smooth"
+    return _Dir(richardson, bound + 2 * jump, verdict, noise=3 * noise)
 
 
 def _rademacher(rng, shape) -> np.ndarray:
@@ -688,7 +748,7 @@ class _Engine:
         vals = self.probe(dirs, pts)
         f0 = vals[0]
         sigma = _noise_level(vals[: 1 + _NOISE]) if all(map(math.isfinite, vals[:6])) else 0.0
-        eps = 2.2e-16
+        eps = self.probe.eps
         out = []
         for j, _ in enumerate(ks):
             base = 1 + _NOISE + 6 * j
@@ -783,6 +843,13 @@ class _Engine:
             shrink = 0
             while any(r.verdict == "non-finite" for r in rows) and shrink < 5:
                 h, shrink = h / 16, shrink + 1
+                rows = self._round(dirs, h, mask, list(range(self.K)))
+            coarse = self.probe.eps > 1e-15  # computed in float32 (or narrower) inside
+            while not shrink and h < _H_MAX and any(r.too_fine(h < _H or coarse) for r in rows):
+                # the step is below what the loss's rounding resolves (a loss computed in
+                # float32 inside): a bigger one, up to _H_MAX (a big leaf's 16x finer
+                # first step goes back to _H first)
+                h = min(h * 16, _H_MAX)
                 rows = self._round(dirs, h, mask, list(range(self.K)))
             redo = [k for k, r in enumerate(rows) if r.verdict in ("kink", "kink at 0")]
             if redo:  # a kink in [-h, h]: look closer
@@ -889,6 +956,15 @@ class _Engine:
         res = [a + (d if ok else 0.0) for a, d in zip(alloweds, diffs)]
         det = min(res) / (leaf.s * leaf.gscale) if leaf.gscale > 0 else math.inf
         status = "passed" if ok else "failed"
+        slope = max(leaf.s * leaf.gnorm, max(abs(m) for _, m in hands))
+        if ok and min(alloweds) >= slope:
+            # every direction allows an error as large as the slope itself: even a dropped
+            # gradient would agree. Nothing was judged.
+            det, status = math.inf, "inconclusive"
+            note = (
+                "the differences' error bound (the loss's rounding noise at the largest step) "
+                f"is as large as the slope itself, so even a zero gradient would agree: {note}"
+            )
         if not covered.all() and ok:
             # sparse directions saw only some elements: the rest sit on a kink at the point,
             # where an error (or a convention) goes unseen. Agreement there is no pass.

@@ -234,3 +234,31 @@ def test_the_sweep_judges_float32_outputs_by_the_budget():
     bad = check_derivation(dataclasses.replace(d, module=off), case, tag)
     sig = next(r for r in bad if r["function"] == "sigmoid")
     assert sig["status"] == "failed" and sig["max_rel_err"] < 1e-4, sig
+
+
+def test_a_loss_computed_in_float32_inside_is_never_a_false_alarm():
+    """The finite-difference oracle runs the loss in float64, but a loss that casts to
+    float32 inside is quantized at ~1e-7 of its value: the oracle reads the loss's
+    resolution from its jaxpr (the narrowest float it computes in). What goes wrong
+    without it: at small steps such a loss is exactly constant, and a correct gradient
+    "predicts a change the loss does not show" and fails. Where the loss's rounding hides
+    its slope at every step it may take, the verdict is inconclusive, never passed."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=50))
+
+    def loss(p):  # 1e4 + 1e-3 Σ sin x, in float32: the slope is below the rounding
+        s = jnp.float32(1e4) + 1e-3 * jnp.sum(jnp.sin(p["x"].astype(jnp.float32)))
+        return s.astype(jnp.float64)
+
+    for grad in (lambda p: {"x": 1e-3 * jnp.cos(p["x"])}, lambda p: {"x": 0 * p["x"]}):
+        (r,) = jr.check_gradients(loss, grad, {"x": x}, oracles=("finite_difference",))
+        assert r.status == "inconclusive", r.describe()
+
+    def seen(p):  # the same in float32, with a slope its rounding lets through
+        return jnp.sum(jnp.sin(p["x"].astype(jnp.float32))).astype(jnp.float64)
+
+    right = {"x": jnp.cos(x)}
+    (r,) = jr.check_gradients(seen, lambda p: right, {"x": x}, oracles=("finite_difference",))
+    assert r.status == "passed", r.describe()
+    wrong = {"x": 1.5 * jnp.cos(x)}
+    (r,) = jr.check_gradients(seen, lambda p: wrong, {"x": x}, oracles=("finite_difference",))
+    assert r.status == "failed", r.describe()
