@@ -957,9 +957,10 @@ class _Engine:
         det = min(res) / (leaf.s * leaf.gscale) if leaf.gscale > 0 else math.inf
         status = "passed" if ok else "failed"
         slope = max(leaf.s * leaf.gnorm, max(abs(m) for _, m in hands))
-        if ok and min(alloweds) >= slope:
+        if ok and 0 < slope <= min(alloweds):
             # every direction allows an error as large as the slope itself: even a dropped
-            # gradient would agree. Nothing was judged.
+            # gradient would agree. Nothing was judged. (A zero gradient against a
+            # measured zero slope is judged: to the allowance, in absolute terms.)
             det, status = math.inf, "inconclusive"
             note = (
                 "the differences' error bound (the loss's rounding noise at the largest step) "

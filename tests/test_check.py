@@ -262,3 +262,22 @@ def test_a_loss_computed_in_float32_inside_is_never_a_false_alarm():
     wrong = {"x": 1.5 * jnp.cos(x)}
     (r,) = jr.check_gradients(seen, lambda p: wrong, {"x": x}, oracles=("finite_difference",))
     assert r.status == "failed", r.describe()
+
+
+def test_a_pass_needs_an_allowance_below_the_slope(monkeypatch):
+    """Where rounding noise makes the allowed error as large as the slope itself, even a
+    zero gradient would agree: inconclusive, not passed. (Shown with the step kept at
+    the standard 1e-4, so that the step growth, which usually rescues such a loss, does
+    not: the guard alone.)"""
+    from jax_ref import check
+
+    monkeypatch.setattr(check, "_H_MAX", check._H)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=40))
+
+    def loss(p):  # 3e3 + Σ sin x, in float32: noise ~3e-4 against a slope of ~5 per unit
+        s = jnp.float32(3e3) + jnp.sum(jnp.sin(p["x"].astype(jnp.float32)))
+        return s.astype(jnp.float64)
+
+    for g in ({"x": jnp.cos(x)}, {"x": jnp.zeros_like(x)}):
+        (r,) = jr.check_gradients(loss, lambda p, g=g: g, {"x": x}, oracles=("finite_difference",))
+        assert r.status == "inconclusive" and "as large as the slope" in r.note, r.describe()
