@@ -454,7 +454,7 @@ class _Probe:
         return out
 
 
-_RESOLUTIONS: dict = {}  # (loss_fn, treedef, avals) -> eps; a few entries per test suite
+_RESOLUTIONS: dict = {}  # (loss_fn, treedef, dtypes) -> eps
 
 
 def _resolution(loss_fn, treedef, leaves, args) -> float:
@@ -463,8 +463,10 @@ def _resolution(loss_fn, treedef, leaves, args) -> float:
     inside). A loss that runs in float32 inside is quantized at ~1e-7 of its value even
     when its inputs and output are float64: taking float64's unit would read its flatness
     at small steps as a slope of zero, and a correct gradient as wrong."""
-    avals = tuple((np.shape(x), jnp.result_type(x)) for x in [*leaves, *jax.tree.leaves(args)])
-    key = (loss_fn, treedef, avals)
+    # keyed by dtypes, not shapes: the float types a loss computes in do not change with
+    # its shapes, and a test suite calls one loss at many shapes (one trace each, else)
+    dtypes = tuple(jnp.result_type(x) for x in [*leaves, *jax.tree.leaves(args)])
+    key = (loss_fn, treedef, dtypes)
     try:
         if key in _RESOLUTIONS:
             return _RESOLUTIONS[key]
