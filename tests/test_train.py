@@ -27,7 +27,6 @@ def _fit(dtype=np.float32, **kw):
     return fit(params, DS.X.astype(dtype), DS.y, cfg, jax.random.PRNGKey(1), **kw)
 
 
-@pytest.mark.slow  # 300 epochs twice (~7 s); the quick profile trains through the command
 def test_spiral_trains_to_98_percent_and_is_deterministic():
     a, b = _fit(), _fit()  # the second reuses the first's compiled epoch
     assert a.train_accuracy[-1] >= 0.98
