@@ -35,7 +35,6 @@ def test_spiral_trains_to_98_percent_and_is_deterministic():
     assert a.loss == b.loss
 
 
-@pytest.mark.slow  # the quick profile has the float64 step gate passing the hand gradient
 def test_hand_gradient_matches_autodiff_at_every_step_float64():
     h = _fit(np.float64, grad_fn=jax_ref.mlp_grads, probe_fn=hg.mlp_grads, cfg=dict(epochs=10))
     assert h.max_grad_diff <= 1e-10
