@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -454,7 +455,9 @@ class _Probe:
         return out
 
 
-_RESOLUTIONS: dict = {}  # (loss_fn, treedef, dtypes) -> eps
+# loss_fn -> {(treedef, dtypes): eps}; weak, so that a cached entry never keeps a loss (and
+# the arrays its closure holds) alive
+_RESOLUTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _resolution(loss_fn, treedef, leaves, args) -> float:
@@ -465,25 +468,21 @@ def _resolution(loss_fn, treedef, leaves, args) -> float:
     at small steps as a slope of zero, and a correct gradient as wrong."""
     # keyed by dtypes, not shapes: the float types a loss computes in do not change with
     # its shapes, and a test suite calls one loss at many shapes (one trace each, else)
-    dtypes = tuple(jnp.result_type(x) for x in [*leaves, *jax.tree.leaves(args)])
-    key = (loss_fn, treedef, dtypes)
+    key = (treedef, tuple(jnp.result_type(x) for x in [*leaves, *jax.tree.leaves(args)]))
     try:
-        if key in _RESOLUTIONS:
-            return _RESOLUTIONS[key]
-    except TypeError:  # an unhashable loss_fn: work it out each time
-        key = None
-    try:
-        closed = jax.make_jaxpr(lambda ls, a: loss_fn(jax.tree.unflatten(treedef, ls), *a))(
-            list(leaves), args
-        )
-        eps = max([2.2e-16, *(float(jnp.finfo(d).eps) for d in _float_dtypes(closed.jaxpr))])
-    except Exception:  # the probe will raise what is wrong; here: assume float64
-        eps = 2.2e-16
-    if key is not None:
-        if len(_RESOLUTIONS) > 256:
-            _RESOLUTIONS.clear()
-        _RESOLUTIONS[key] = eps
-    return eps
+        cached = _RESOLUTIONS.setdefault(loss_fn, {})
+    except TypeError:  # not weakly referable, or unhashable: work it out each time
+        cached = {}
+    if key not in cached:
+        try:
+            closed = jax.make_jaxpr(lambda ls, a: loss_fn(jax.tree.unflatten(treedef, ls), *a))(
+                list(leaves), args
+            )
+            eps = [float(jnp.finfo(d).eps) for d in _float_dtypes(closed.jaxpr)]
+            cached[key] = max([2.2e-16, *eps])
+        except Exception:  # the probe will raise what is wrong; here: assume float64
+            cached[key] = 2.2e-16
+    return cached[key]
 
 
 def _float_dtypes(jaxpr):
