@@ -42,10 +42,6 @@ class _Poly:
     def __init__(self, c):
         self.c = list(c) + [None] * (_DEGREE + 1 - len(c))
 
-    @property
-    def degree(self):
-        return max(d for d, x in enumerate(self.c) if d == 0 or x is not None)
-
     def at(self, t, k):
         out = self.c[0]
         for d in range(1, _DEGREE + 1):
@@ -109,6 +105,7 @@ _LINEAR = {
     "convert_element_type": _widening,  # exact when it widens
     "pad": _slots(0, 1),  # operand and padding value
     "dynamic_update_slice": _slots(0, 1),  # operand and update; indices constant
+    # the predicate is boolean (a comparison, always point-wise), the cases linear
     "select_n": lambda ins, params: None if isinstance(ins[0], _Poly) else set(range(1, len(ins))),
     "scatter-add": _slots(0, 2),  # operand and updates; indices constant
 }
