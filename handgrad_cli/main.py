@@ -315,9 +315,9 @@ def _check_in_parallel(derivations, seed, dtypes, examples) -> dict:
     global _POOL
     cache = jax.config.jax_compilation_cache_dir
     ctx = multiprocessing.get_context("spawn")  # a fresh JAX per process: no fork of threads
-    workers = max(1, os.cpu_count() or 1)
+    parts = 2 if (os.cpu_count() or 1) > 1 else 1
+    workers = max(1, min(os.cpu_count() or 1, parts * len(derivations)))
     pool, _POOL = _POOL or ProcessPoolExecutor(workers, mp_context=ctx), None
-    parts = 2 if workers > 1 else 1
     sizes = {d.name: len(d.cases(seed, dtypes=dtypes, random_cases=examples)) for d in derivations}
     tasks = sorted(
         ((d.name, p) for d in derivations for p in range(parts)),
@@ -551,6 +551,8 @@ def _start_check_workers(argv) -> None:
         args = _parser().parse_args(argv)
     except SystemExit:
         return  # main reports the usage error
+    from pathlib import Path
+
     cores = os.cpu_count() or 1
     sweep = args.command == "check" and not args.target and len(args.derivation or []) != 1
     if not sweep or cores < 2 or (not args.verify and out_dir_problem(args.out)):
@@ -558,8 +560,13 @@ def _start_check_workers(argv) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    _POOL = ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"))
-    for _ in range(cores):
+    # no more workers than tasks (two per derivation): the registry's modules, counted
+    # without importing them
+    spec_dir = Path(__file__).resolve().parent.parent / "jax_ref" / "derivations"
+    n = len(args.derivation or []) or len([p for p in spec_dir.glob("[!_]*.py")])
+    workers = min(cores, 2 * n) if n else cores
+    _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(workers):
         _POOL.submit(_warm)
 
 
