@@ -159,7 +159,7 @@ def out_dir_problem(path: str) -> str | None:
 
 
 def _check_rules(args) -> int:
-    from jax_ref.rules import load_checks, run_rule_checks
+    from jax_ref.declared import load_checks, run_rule_checks
 
     try:
         source, checks = load_checks(args.target)
@@ -501,35 +501,17 @@ def _mutants(args) -> int:
     return 0 if ok else 1
 
 
-def _compilation_cache() -> None:
-    """Keep XLA's compiled programs between runs (JAX's persistent compilation cache), so
-    a second `handgrad check` skips most of its compiling. In $HANDGRAD_CACHE_DIR, else
-    $XDG_CACHE_HOME/handgrad/xla or ~/.cache/handgrad/xla; HANDGRAD_CACHE_DIR=off turns it
-    off. `run()` turns it on for the program, tests/conftest.py for the test suite."""
-    import os
-    from pathlib import Path
-
-    where = os.environ.get("HANDGRAD_CACHE_DIR")
-    if where == "off":
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    path = Path(where) if where else Path(base) / "handgrad" / "xla"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # no writable cache: run without one
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 def run() -> int:
-    """The `handgrad` program: `main` with the compilation cache."""
-    _start_check_workers(sys.argv[1:])
-    _compilation_cache()
-    return main()
+    """The `handgrad` program: `main` with the compilation cache (jax_ref.runtime), the
+    sweep's workers spawned before this process imports JAX."""
+    args, code = _parse(sys.argv[1:])
+    if args is None:
+        return code
+    _start_check_workers(args)
+    from jax_ref.runtime import default_cache_dir, use_compilation_cache
+
+    use_compilation_cache(default_cache_dir())
+    return _dispatch(args)
 
 
 _POOL = None  # the sweep's worker processes, started early by _start_check_workers
@@ -541,16 +523,11 @@ def _warm() -> None:
     import jax_ref.sweep  # noqa: F401
 
 
-def _start_check_workers(argv) -> None:
+def _start_check_workers(args) -> None:
     """For a parallel sweep, spawn the worker processes before this one imports JAX:
-    their imports (about 2 s each) then overlap with ours instead of following them."""
+    their imports then overlap with ours instead of following them."""
     global _POOL
     import os
-
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit:
-        return  # main reports the usage error
     from pathlib import Path
 
     cores = os.cpu_count() or 1
@@ -570,18 +547,26 @@ def _start_check_workers(argv) -> None:
         _POOL.submit(_warm)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+def _parse(argv):
+    """(the parsed arguments, None), or (None, the exit code: 2 bad usage, 0 --help)."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
-        return int(e.code or 0)
-    handlers = {"check": _check, "mutants": _mutants}
-    if args.command == "train":
-        from handgrad_cli.train import run
+        return _parser().parse_args(argv), None
+    except SystemExit as e:  # argparse has printed the usage error or the help
+        return None, int(e.code or 0)
 
-        return run(args)
-    return handlers[args.command](args)
+
+def _dispatch(args) -> int:
+    if args.command == "train":
+        from handgrad_cli.train import run as train
+
+        return train(args)
+    return {"check": _check, "mutants": _mutants}[args.command](args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `handgrad` command on `argv` (default sys.argv[1:]); returns the exit code."""
+    args, code = _parse(argv)
+    return code if args is None else _dispatch(args)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,51 @@
-"""jax_ref: the referee. Each derivation's losses written independently and differentiated
-by JAX (one spec module per derivation in `jax_ref.derivations`), and the machinery that
-compares a hand-derived gradient with them.
+"""jax_ref: check hand-derived gradients and differentiation rules, and the referee of
+the derivations handgrad ships.
 
-`jax_ref.strategies` (hypothesis strategies) needs the `dev` extra and is imported on its own.
+The checker (`check_gradients`, `check_vjp`, `check_jvp`, their `assert_*`, the verdict
+policy) loads on `import jax_ref`; the referee (`REGISTRY`, the spec functions such as
+`mlp_loss`) loads on first use, and with it `handgrad`. `jax_ref.strategies` (hypothesis
+strategies) needs the `dev` extra and is imported on its own. docs/architecture.md.
 """
 
-from jax_ref.check import CheckResult, assert_gradients, check_gradients
-from jax_ref.derivations import REGISTRY
-from jax_ref.derivations.mlp import mlp_forward, mlp_grads, mlp_loss
-from jax_ref.derivations.softmax_ce import (
-    cross_entropy,
-    cross_entropy_grad,
-    softmax,
-    softmax_jacobian,
-)
-from jax_ref.rules import RuleCheck, assert_jvp, assert_vjp, check_jvp, check_vjp
+import importlib
+
+from jax_ref.declared import RuleCheck
+from jax_ref.gradients import assert_gradients, check_gradients
+from jax_ref.rules import assert_jvp, assert_vjp, check_jvp, check_vjp
 from jax_ref.tolerances import TOLERANCES, tolerance
+from jax_ref.verdict import CheckResult, Verdict, verdict
+
+# the referee's names, loaded when first asked for (PEP 562): {name: module}
+_REFEREE = {
+    "REGISTRY": "jax_ref.derivations",
+    "cross_entropy": "jax_ref.derivations.softmax_ce",
+    "cross_entropy_grad": "jax_ref.derivations.softmax_ce",
+    "softmax": "jax_ref.derivations.softmax_ce",
+    "softmax_jacobian": "jax_ref.derivations.softmax_ce",
+    "mlp_forward": "jax_ref.derivations.mlp",
+    "mlp_grads": "jax_ref.derivations.mlp",
+    "mlp_loss": "jax_ref.derivations.mlp",
+}
+
+
+def __getattr__(name):
+    if name in _REFEREE:
+        value = getattr(importlib.import_module(_REFEREE[name]), name)
+        globals()[name] = value  # once loaded, an ordinary attribute
+        return value
+    raise AttributeError(f"module 'jax_ref' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_REFEREE))
+
 
 __all__ = [
     "REGISTRY",
     "TOLERANCES",
     "CheckResult",
     "RuleCheck",
+    "Verdict",
     "assert_gradients",
     "assert_jvp",
     "assert_vjp",
@@ -36,4 +60,5 @@ __all__ = [
     "softmax",
     "softmax_jacobian",
     "tolerance",
+    "verdict",
 ]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from handgrad.ledger import Step
-from jax_ref.check import enable_x64
+from jax_ref.runtime import enable_x64
 from jax_ref.spec import Derivation, Ledger
 from jax_ref.tolerances import rel_error, tolerance
 
@@ -97,13 +97,54 @@ def _evaluate(spec: Ledger, chain: str, steps: tuple[Step, ...], x: dict):
     return [(step.fn(x), spec.autodiff(chain, step.name, x)) for step in steps]
 
 
+def _chain_entries(d: Derivation, chain: str, steps, seed: int, inputs) -> list[LedgerEntry]:
+    """One chain's steps, each against autodiff (and, in an equality chain, the step
+    before), its shape line, and at logits ~1e4."""
+    spec = d.ledger
+    rng = np.random.default_rng(seed)
+    x, xe = spec.inputs(chain, rng, 1.0, **inputs), spec.inputs(chain, rng, 1e4, **inputs)
+    letters, tol = spec.letters(x), tolerance(jnp.float64)
+    scale, scale_e = spec.scale(chain, x), spec.scale(chain, xe)
+    outs = _evaluate(spec, chain, tuple(steps), x)
+    outs_e = _evaluate(spec, chain, tuple(steps), xe)
+    entries, prev = [], None
+    for step, (got, want), (got_e, want_e) in zip(steps, outs, outs_e):
+        abs_err, rel = _tree_error(got, want, scale)
+        # equality chains compare each form with the one before; other chains' lines
+        # are different quantities, each checked against autodiff alone
+        vs_prev = None
+        if prev is not None and chain in spec.equalities:
+            vs_prev = _tree_error(got, prev, scale)[1]
+        shape_ok = _shape_ok(step.shape, got, letters)
+        entries.append(
+            LedgerEntry(
+                derivation=d.name,
+                chain=chain,
+                step=step.name,
+                equation=step.equation,
+                shape=step.shape,
+                actual_shape=[list(leaf.shape) for leaf in jax.tree.leaves(got)],
+                shape_ok=shape_ok,
+                max_abs_err=abs_err,
+                rel_err=rel,
+                vs_previous=vs_prev,
+                tolerance=tol,
+                extreme_finite=_all_finite(got_e),
+                extreme_rel_err=_tree_error(got_e, want_e, scale_e)[1],
+                passed=bool(shape_ok and rel <= tol and (vs_prev is None or vs_prev <= tol)),
+            )
+        )
+        prev = got
+    return entries
+
+
 def run_ledger(
     seed: int = 0,
     derivations: list[Derivation] | None = None,
     chains: dict[str, list[Step]] | None = None,
     **inputs,
 ) -> list[LedgerEntry]:
-    """Evaluate every step of every chain of every derivation in float64.
+    """Every step of every chain of every derivation, evaluated in float64.
 
     `chains` replaces the chains of the (single) derivation given, to try a variant;
     `inputs` go to the derivation's input builder (e.g. `dims=(3, 3, 3, 3)`)."""
@@ -115,53 +156,8 @@ def run_ledger(
     entries: list[LedgerEntry] = []
     with enable_x64():
         for d in derivations:
-            spec = d.ledger
             for chain, steps in (chains or d.module.CHAINS).items():
-                rng = np.random.default_rng(seed)
-                x, xe = (
-                    spec.inputs(chain, rng, 1.0, **inputs),
-                    spec.inputs(chain, rng, 1e4, **inputs),
-                )
-                letters = spec.letters(x)
-                tol = tolerance(jnp.float64)
-                scale, scale_e = spec.scale(chain, x), spec.scale(chain, xe)
-                outs, outs_e = (
-                    _evaluate(spec, chain, tuple(steps), x),
-                    _evaluate(spec, chain, tuple(steps), xe),
-                )
-                equality = chain in spec.equalities
-                prev = None
-                for step, (got, want), (got_e, want_e) in zip(steps, outs, outs_e):
-                    abs_err, rel = _tree_error(got, want, scale)
-                    # equality chains compare each form with the one before; other chains'
-                    # lines are different quantities, each checked against autodiff alone
-                    vs_prev = (
-                        None if prev is None or not equality else _tree_error(got, prev, scale)[1]
-                    )
-                    shape_ok = _shape_ok(step.shape, got, letters)
-                    finite = _all_finite(got_e)
-                    rel_e = _tree_error(got_e, want_e, scale_e)[1]
-                    entries.append(
-                        LedgerEntry(
-                            d.name,
-                            chain,
-                            step.name,
-                            step.equation,
-                            step.shape,
-                            [list(leaf.shape) for leaf in jax.tree.leaves(got)],
-                            shape_ok,
-                            abs_err,
-                            rel,
-                            vs_prev,
-                            tol,
-                            finite,
-                            rel_e,
-                            passed=bool(
-                                shape_ok and rel <= tol and (vs_prev is None or vs_prev <= tol)
-                            ),
-                        )
-                    )
-                    prev = got
+                entries += _chain_entries(d, chain, steps, seed, inputs)
     return entries
 
 

@@ -132,12 +132,11 @@ def kill_rows(name: str, seed: int = 0, progress=None, cache_dir: str | None = N
     one message per mutant."""
     import jax
 
-    jax.config.update("jax_enable_x64", True)
-    if cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     from jax_ref.derivations import get
+    from jax_ref.runtime import use_compilation_cache
+
+    jax.config.update("jax_enable_x64", True)
+    use_compilation_cache(cache_dir)
 
     def tick(d, m):
         if progress is not None:

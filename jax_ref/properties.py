@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.check import check_gradients
+from jax_ref.gradients import check_gradients
 from jax_ref.spec import Derivation
 from jax_ref.tolerances import rel_error, tolerance
+from jax_ref.verdict import verdict
 
 __all__ = [
     "agrees",
@@ -138,7 +139,7 @@ def finite_differences(d: Derivation):
                 max_tries=6,  # a point on a kink is inconclusive sooner: autodiff judges it
                 scales=scales,
             )
-            bad += [f"{g.function}: {r.describe()}" for r in results if r.status == "failed"]
+            bad += [f"{g.function}: {r.describe()}" for r in verdict(results).failed]
         if bad:
             raise AssertionError("finite differences disagree: " + "; ".join(bad))
 

@@ -15,11 +15,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from jax_ref.verdict import verdict
+
 __all__ = [
+    "assemble_report",
     "gradcheck_markdown",
     "mutants_markdown",
     "plot_gradcheck",
     "replace_section",
+    "to_json",
+    "versions",
     "write_files",
 ]
 
@@ -46,6 +51,44 @@ def replace_section(text: str, marker: str, section: str) -> str:
 def _is_marker(line: str) -> bool:
     s = line.strip()
     return s.startswith("<!-- ") and s.endswith(" -->")
+
+
+def versions() -> dict[str, str]:
+    """The versions a report was made with (handgrad's from its installed metadata)."""
+    import platform
+    from importlib import metadata
+
+    import jax
+    import jaxlib
+    import numpy as np
+
+    try:
+        own = metadata.version("handgrad")
+    except metadata.PackageNotFoundError:
+        own = "not installed"
+    return {
+        "handgrad": own,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def assemble_report(seed: int, sources: list[str], checks: list[dict], ledger: list[dict]) -> dict:
+    """A gradcheck report from its rows, judged by `jax_ref.verdict.verdict`: it passes
+    only if no check failed, every unit was judged, and every ledger step holds."""
+    v = verdict(checks)
+    return {
+        "passed": v.passed and all(e["passed"] for e in ledger),
+        "seed": seed,
+        "versions": versions(),
+        "derivations": list(sources),
+        "counts": v.counts(),
+        "unjudged": list(v.unjudged),
+        "checks": checks,
+        "ledger": ledger,
+    }
 
 
 def _json_default(x):
@@ -182,24 +225,22 @@ def _status(c: dict) -> str:
     return c.get("status", "passed" if c["passed"] else "failed")
 
 
-def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
+def _summary(report: dict, png_name: str) -> list[str]:
+    """The head of gradcheck.md: the verdict in words, versions, how to read it."""
     checks, ledger = report["checks"], report["ledger"]
     counts = {s: sum(_status(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")}
     l_fail = sum(not e["passed"] for e in ledger)
     unjudged = report.get("unjudged", [])
     v = report["versions"]
-    lines = [
+    steps = f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold" if ledger else None
+    return [
         "# handgrad check",
         "",
         f"**{_verdict(report['passed'])}** — of {len(checks)} checks, {counts['passed']} "
         f"passed, {counts['failed']} failed and {counts['inconclusive']} were inconclusive "
         f"(the oracle could not judge: never counted as a pass); "
         f"{len(unjudged)} outputs no oracle could judge; "
-        + (
-            f"{len(ledger) - l_fail}/{len(ledger)} ledger steps hold"
-            if ledger
-            else "no derivation ledger (rule checks)"
-        )
+        + (steps or "no derivation ledger (rule checks)")
         + f" (seed {report['seed']}; "
         f"derivations: {', '.join(report.get('derivations', []))}).",
         "",
@@ -207,8 +248,9 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         "",
         "How to read it. Errors are norm-wise relative: the largest |hand − oracle| over the"
         " leaf, divided by the leaf's natural scale (see `jax_ref/tolerances.py`). Oracles:"
-        " `autodiff` (`jax.grad` of the referee; float32 results against the float64 golden"
-        " value under a precision budget), `referee` (forward values written independently),"
+        " `referee` (the shipped derivations' independent spec: forward values written with"
+        " `jax.nn`, gradients by `jax.grad` of it; float32 results against its float64 value"
+        " under a precision budget), `autodiff` (`jax.grad` of your loss or reference),"
         " `finite_difference` (float64 central differences along random sign directions;"
         " its errors are per direction). *detects ≥* is the smallest relative error in one"
         " element that the check would have flagged: a check passes only errors below it."
@@ -217,59 +259,60 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         " failed and another oracle judged every such leaf. Rule checks (`handgrad check"
         " FILE.py`) add contract checks, named in the oracle column: `primal` (the rule's"
         " output is f's), `structure` (cotangent trees, shapes, dtypes), `jit`, `vmap`,"
-        " `composed` (the rule inside a larger loss under `jax.grad`), `second_order`.",
+        " `composed` (the rule inside a larger loss under `jax.grad`), `second_order`;"
+        " an inconclusive contract check is not judged either.",
         "",
         f"![error against tolerance]({png_name})",
         "",
     ]
-    if unjudged:
-        lines += ["**Not judged by any oracle:**", ""] + [f"- {cell(u)}" for u in unjudged] + [""]
-    for (derivation, function), rows in group_by(checks, ("derivation", "function")).items():
-        lines += [
-            f"## `{derivation}`: `{function}`",
-            "",
-            "| parameter | dtype | oracle | checks | passed | failed | inconclusive |"
-            " worst rel err | its tolerance | detects ≥ | worst case |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for (param, dtype, oracle), g in group_by(rows, ("parameter", "dtype", "oracle")).items():
-            judged = [c for c in g if _status(c) != "inconclusive"] or g
-            worst = max(
-                judged, key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0
-            )
-            n = {s: sum(_status(c) == s for c in g) for s in ("passed", "failed", "inconclusive")}
-            det = max(
-                (
-                    c.get("detectable_rel_err", math.nan)
-                    for c in judged
-                    if _status(c) != "inconclusive"
-                ),
-                default=math.nan,
-            )
-            lines.append(
-                f"| {cell(param)} | {dtype} | {oracle} | {len(g)} | {n['passed']} | "
-                f"{n['failed'] or ''}{' ❌' if n['failed'] else ''} | "
-                f"{n['inconclusive'] or ''} | {_fmt(worst['max_rel_err'])} | "
-                f"{_fmt(worst['tolerance'])} | {_fmt(det)} | {cell(worst['case'])} |"
-            )
-        lines.append("")
+
+
+def _function_table(derivation: str, function: str, rows: list[dict]) -> list[str]:
+    """One function's results, a row per (parameter, dtype, oracle)."""
+    lines = [
+        f"## `{derivation}`: `{function}`",
+        "",
+        "| parameter | dtype | oracle | checks | passed | failed | inconclusive |"
+        " worst rel err | its tolerance | detects ≥ | worst case |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (param, dtype, oracle), g in group_by(rows, ("parameter", "dtype", "oracle")).items():
+        judged = [c for c in g if _status(c) != "inconclusive"]
+        worst = max(
+            judged or g,
+            key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0,
+        )
+        n = {s: sum(_status(c) == s for c in g) for s in ("passed", "failed", "inconclusive")}
+        det = max((c.get("detectable_rel_err", math.nan) for c in judged), default=math.nan)
+        lines.append(
+            f"| {cell(param)} | {dtype} | {oracle} | {len(g)} | {n['passed']} | "
+            f"{n['failed'] or ''}{' ❌' if n['failed'] else ''} | "
+            f"{n['inconclusive'] or ''} | {_fmt(worst['max_rel_err'])} | "
+            f"{_fmt(worst['tolerance'])} | {_fmt(det)} | {cell(worst['case'])} |"
+        )
+    return [*lines, ""]
+
+
+def _inconclusive_table(checks: list[dict]) -> list[str]:
     reasons = collections.Counter(
         (c["derivation"], c["oracle"], c["note"].split(":")[0])
         for c in checks
         if _status(c) == "inconclusive"
     )
-    if reasons:
-        lines += [
-            "## Why some checks were inconclusive",
-            "",
-            "| derivation | oracle | reason | checks |",
-            "|---|---|---|---:|",
-        ]
-        lines += [f"| {d} | {o} | {cell(why)} | {n} |" for (d, o, why), n in reasons.items()]
-        lines.append("")
-    if not ledger:
-        return "\n".join(lines) + "\n"
-    lines += [
+    if not reasons:
+        return []
+    lines = [
+        "## Why some checks were inconclusive",
+        "",
+        "| derivation | oracle | reason | checks |",
+        "|---|---|---|---:|",
+    ]
+    lines += [f"| {d} | {o} | {cell(why)} | {n} |" for (d, o, why), n in reasons.items()]
+    return [*lines, ""]
+
+
+def _ledger_lines(ledger: list[dict]) -> list[str]:
+    lines = [
         "## The derivation ledger",
         "",
         "Each step of each derivation, evaluated in float64 on random inputs: its error against"
@@ -297,6 +340,23 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
             + ", ".join(f"`{e['chain']}: {e['step']}`" for e in unstable)
             + ". That is why handgrad ships the final forms.",
         ]
+    return lines
+
+
+def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
+    """gradcheck.md: the verdict, a table per function, why checks were inconclusive,
+    and the derivation ledger."""
+    lines = _summary(report, png_name)
+    unjudged = report.get("unjudged", [])
+    if unjudged:
+        lines += ["**Not judged by any oracle:**", ""] + [f"- {cell(u)}" for u in unjudged] + [""]
+    for (derivation, function), rows in group_by(
+        report["checks"], ("derivation", "function")
+    ).items():
+        lines += _function_table(derivation, function, rows)
+    lines += _inconclusive_table(report["checks"])
+    if report["ledger"]:
+        lines += _ledger_lines(report["ledger"])
     return "\n".join(lines) + "\n"
 
 

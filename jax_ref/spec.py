@@ -19,16 +19,14 @@ __all__ = ["Derivation", "GradientCheck", "Ledger", "Mutant", "Output", "impleme
 
 @dataclasses.dataclass(frozen=True)
 class Output:
-    """A public function compared with the referee's function of the same name.
+    """A public function compared with the referee's function of the same name (a
+    forward value written independently, or a gradient by `jax.grad` of the referee).
 
-    `oracle` says what the referee's value is: "referee" (a forward value written
-    independently) or "autodiff" (a gradient, by `jax.grad` of the referee). `args(case)`
-    gives the call's arguments; `scale(case)` the natural error scale of the output (a
-    float, or a pytree of floats shaped like the output), see `jax_ref.tolerances`."""
+    `args(case)` gives the call's arguments; `scale(case)` the natural error scale of the
+    output (a float, or a pytree of floats shaped like the output), jax_ref.tolerances."""
 
     function: str
     parameter: str | tuple[str, ...]  # the output's name(s) in the derivation, one per leaf
-    oracle: str
     args: Callable[[Any], tuple]
     scale: Callable[[Any], Any] = lambda case: 0.0
     kwargs: Callable[[Any], dict] = lambda case: {}  # keyword options (static: causal=...)

@@ -6,32 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import platform
 from typing import Any
 
 import jax
 import numpy as np
 
-import handgrad
-from jax_ref.check import STATUSES, CheckResult, _judge, check_gradients
+from jax_ref.autodiff import golden_value, judge
+from jax_ref.gradients import check_gradients
 from jax_ref.ledger import run_ledger
 from jax_ref.properties import leaf_names, scales_like
+from jax_ref.report import assemble_report
+from jax_ref.runtime import use_compilation_cache
 from jax_ref.spec import Derivation, implementation
 from jax_ref.tolerances import budget
+from jax_ref.verdict import CheckResult
 
-__all__ = ["check_derivation", "run_check", "unjudged_leaves", "versions"]
+__all__ = ["assemble", "check_derivation", "derivation_rows", "run_check"]
 
-
-def versions() -> dict[str, str]:
-    import jaxlib
-
-    return {
-        "handgrad": handgrad.__version__,
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+ORACLE = "referee"  # the shipped derivations' independent spec
 
 
 def _row(d: Derivation, function: str, case: str, r: CheckResult) -> dict[str, Any]:
@@ -49,23 +41,11 @@ def _both(d: Derivation, case):
 
 
 def _golden(d: Derivation, case):
-    """The referee's outputs in float64 at the same point (the case's floats widened,
-    exactly), or (None, why). Through `_both`: the float64 sweep has compiled it already
-    when the shapes match."""
-
-    def widen(x):  # Python numbers stay (weakly typed, as in the float64 case)
-        if isinstance(x, (bool, int, float)):
-            return x
-        return np.asarray(x, np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else x
-
-    wide = jax.tree.map(widen, case)
-    try:
-        outs = [jax.tree.leaves(want) for _, want in _both(d, wide)]
-    except Exception as e:  # any failure means: no golden value
-        return None, f"the referee could not run in float64 ({type(e).__name__}: {e})"
-    if not all(np.all(np.isfinite(np.asarray(x))) for leaves in outs for x in leaves):
-        return None, "the referee's float64 values are not finite"
-    return outs, ""
+    """The referee's outputs in float64 at the same point, or (None, why). Through
+    `_both`: the float64 sweep has compiled it already when the shapes match."""
+    return golden_value(
+        lambda c: [jax.tree.leaves(want) for _, want in _both(d, c)], case, what="the referee"
+    )
 
 
 def check_derivation(d: Derivation, case, tag: str) -> list[dict[str, Any]]:
@@ -88,7 +68,7 @@ def check_derivation(d: Derivation, case, tag: str) -> list[dict[str, Any]]:
         for name, g, w, s, gd in zip(
             leaf_names(o.parameter, want), leaves_got, leaves_want, scales, gold
         ):
-            r = _judge(name, g, w, gd, dtype, s, why, oracle=o.oracle)
+            r = judge(name, g, w, gd, dtype, s, why, oracle=ORACLE)
             rows.append(_row(d, o.function, tag, r))
     hand = implementation(d)
     for g in d.gradients:
@@ -150,10 +130,7 @@ def derivation_rows(
     derivation's cases and ledger inputs come from its own seeded generators, so the rows,
     parts concatenated in order, are those of a serial `run_check`."""
     jax.config.update("jax_enable_x64", True)
-    if cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    use_compilation_cache(cache_dir)
     from jax_ref.derivations import get
 
     d = get(name)
@@ -167,25 +144,4 @@ def derivation_rows(
 
 def assemble(seed: int, derivations, checks: list[dict], ledger: list[dict]) -> dict:
     """The report of `run_check` from its rows (in registry order)."""
-    counts = {s: sum(c["status"] == s for c in checks) for s in STATUSES}
-    unjudged = unjudged_leaves(checks)
-    passed = counts["failed"] == 0 and not unjudged and all(e["passed"] for e in ledger)
-    return {
-        "passed": passed,
-        "seed": seed,
-        "versions": versions(),
-        "derivations": [d.name for d in derivations],
-        "counts": counts,
-        "unjudged": unjudged,
-        "checks": checks,
-        "ledger": ledger,
-    }
-
-
-def unjudged_leaves(checks: list[dict]) -> list[str]:
-    """The (derivation, function, case, parameter) that no oracle judged conclusively."""
-    judged: dict[str, bool] = {}
-    for c in checks:
-        key = f"{c['derivation']}: {c['function']} {c['parameter']} ({c['case']})"
-        judged[key] = judged.get(key, False) or c["status"] != "inconclusive"
-    return [k for k, ok in judged.items() if not ok]
+    return assemble_report(seed, [d.name for d in derivations], checks, ledger)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.rules import RuleCheck
+from jax_ref import RuleCheck
 
 
 def _x(shape, seed=0, scale=1.0, dtype=np.float64):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import jax_ref as jr
-from jax_ref import check
 from jax_ref.affine import line_values
 from jax_ref.derivations.mlp import Params, mlp_loss
+from jax_ref.finite_difference import probe
 
 jax.config.update("jax_enable_x64", True)
 
@@ -151,7 +151,7 @@ def test_a_big_leaf_is_judged_along_its_line(monkeypatch):
         calls.append(1)
         return line_values(*a)
 
-    monkeypatch.setattr(check, "line_values", spy)
+    monkeypatch.setattr(probe, "line_values", spy)
     loss, grad, p, A = _big_case()
     ok = jr.check_gradients(loss, grad, p, A, oracles=("finite_difference",))
     assert calls, "the big leaf was not evaluated along its line"
@@ -175,6 +175,6 @@ def test_without_the_line_the_verdicts_are_the_same(monkeypatch):
         raise NotImplementedError("an operation the walk does not know")
 
     loss, grad, p, A = _big_case()
-    monkeypatch.setattr(check, "line_values", broken)
+    monkeypatch.setattr(probe, "line_values", broken)
     plain = jr.check_gradients(loss, grad, p, A, oracles=("finite_difference",))
     assert [r.status for r in plain] == ["passed", "passed"]

@@ -10,7 +10,8 @@ from rule_catalogue import right_rules, wrong_rules
 
 import handgrad
 import jax_ref
-from jax_ref.rules import CONTRACTS, RuleCheck, assert_jvp, assert_vjp, check_jvp, check_vjp
+from jax_ref import RuleCheck
+from jax_ref.rules import CONTRACTS, assert_jvp, assert_vjp, check_jvp, check_vjp
 
 QUICK_RIGHT: set[str] = set()  # the default profile checks right rules in the tests below
 QUICK_WRONG = {"right alone, wrong when composed"}  # a JVP: test_a_wrong_jvp_fails below

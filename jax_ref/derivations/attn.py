@@ -430,9 +430,7 @@ def _dO_QKV(c):
 
 def _backward_output(function, kwargs) -> Output:
     """A backward pass (dO, Q, K, V) -> (dQ, dK, dV) against the referee's jax.vjp."""
-    return Output(
-        function, ("dQ", "dK", "dV"), "autodiff", _dO_QKV, _scale("attention_backward"), kwargs
-    )
+    return Output(function, ("dQ", "dK", "dV"), _dO_QKV, _scale("attention_backward"), kwargs)
 
 
 def _pairing_check(function, kwargs) -> GradientCheck:
@@ -456,13 +454,12 @@ DERIVATION = Derivation(
         Output(
             "softmax_backward",
             "∂L/∂z",
-            "autodiff",
             lambda c: (c.da, c.a),
             _scale("softmax_backward"),
         ),
-        Output("attention", "O", "referee", _qkv, _scale("attention"), _kw),
+        Output("attention", "O", _qkv, _scale("attention"), _kw),
         _backward_output("attention_backward", _kw),
-        Output("flash_attention", "O", "referee", _qkv, _scale("attention"), _flash_kw),
+        Output("flash_attention", "O", _qkv, _scale("attention"), _flash_kw),
         _backward_output("flash_attention_backward", _flash_kw),
     ),
     gradients=(

@@ -463,9 +463,9 @@ DERIVATION = Derivation(
     module=hand,
     reference=sys.modules[__name__],
     outputs=(
-        Output("mlp_forward", "z2", "referee", lambda c: (c.params, c.X), _scale("mlp_forward")),
-        Output("mlp_loss", "L", "referee", tuple, _scale("mlp_loss")),
-        Output("mlp_grads", ("L", "W1", "b1", "W2", "b2"), "autodiff", tuple, _scale("mlp_grads")),
+        Output("mlp_forward", "z2", lambda c: (c.params, c.X), _scale("mlp_forward")),
+        Output("mlp_loss", "L", tuple, _scale("mlp_loss")),
+        Output("mlp_grads", ("L", "W1", "b1", "W2", "b2"), tuple, _scale("mlp_grads")),
     ),
     gradients=(
         GradientCheck(

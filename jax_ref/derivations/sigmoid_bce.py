@@ -205,12 +205,11 @@ DERIVATION = Derivation(
     module=hand,
     reference=sys.modules[__name__],
     outputs=(
-        Output("sigmoid", "σ", "referee", lambda c: (c.z,), _scale("sigmoid")),
-        Output("binary_cross_entropy", "L", "referee", tuple, _scale("binary_cross_entropy")),
+        Output("sigmoid", "σ", lambda c: (c.z,), _scale("sigmoid")),
+        Output("binary_cross_entropy", "L", tuple, _scale("binary_cross_entropy")),
         Output(
             "binary_cross_entropy_grad",
             "∂L/∂z",
-            "autodiff",
             tuple,
             _scale("binary_cross_entropy_grad"),
         ),

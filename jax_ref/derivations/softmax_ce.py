@@ -378,10 +378,10 @@ DERIVATION = Derivation(
     module=hand,
     reference=sys.modules[__name__],
     outputs=(
-        Output("softmax", "a", "referee", lambda c: (c.z,), _scale("softmax")),
-        Output("softmax_jacobian", "J", "autodiff", lambda c: (c.z,), _scale("softmax_jacobian")),
-        Output("cross_entropy", "L", "referee", tuple, _scale("cross_entropy")),
-        Output("cross_entropy_grad", "∂L/∂z", "autodiff", tuple, _scale("cross_entropy_grad")),
+        Output("softmax", "a", lambda c: (c.z,), _scale("softmax")),
+        Output("softmax_jacobian", "J", lambda c: (c.z,), _scale("softmax_jacobian")),
+        Output("cross_entropy", "L", tuple, _scale("cross_entropy")),
+        Output("cross_entropy_grad", "∂L/∂z", tuple, _scale("cross_entropy_grad")),
     ),
     gradients=(
         GradientCheck(

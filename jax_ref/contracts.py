@@ -1,0 +1,338 @@
+"""The contract checks of a rule, each its own result (`oracle` names the check):
+
+* `primal`: the rule's primal output equals f's (and the reference's);
+* `structure`: cotangents (tangents) have the inputs' (outputs') tree, shapes and dtypes;
+* `jit` / `vmap`: the rule under `jax.jit`, and under `jax.vmap` over BATCH points, equals
+  the rule run eagerly at each point (the dtype's table tolerance: only rounding differs);
+* `composed`: a loss calling f twice through other operations, differentiated by
+  `jax.grad` through the rule, agrees with the reference's (or finite differences);
+* `second_order`: the JVP of the rule's VJP agrees with the reference's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_ref.autodiff import autodiff_results, golden_value, judge
+from jax_ref.finite_difference import finite_difference_results
+from jax_ref.tangents import (
+    BATCH,
+    Inputs,
+    assemble,
+    batch_points,
+    cached,
+    full_cotangent,
+    natural_scales,
+    normalise_cts,
+    pair,
+    random_like,
+    tangent_tuple,
+)
+from jax_ref.tolerances import tolerance
+from jax_ref.trees import error_text, is_float, leaf_name, max_abs, rms
+from jax_ref.verdict import CheckResult, compare, failed_check, inconclusive_check
+
+__all__ = [
+    "autodiff_or_inconclusive",
+    "composed_check",
+    "jit_vjp",
+    "no_reference",
+    "primal_vjp",
+    "same_tree",
+    "second_order",
+    "vmap_jvp",
+    "vmap_vjp",
+]
+
+
+def join(a: str, b: str) -> str:
+    """Two notes as one."""
+    return f"{a}; {b}" if b else a
+
+
+def same_tree(name, oracle, got, want, note="") -> list[CheckResult]:
+    """Leaf by leaf, `got` against `want` at the dtype's table tolerance."""
+    out = []
+    gl, wl = jax.tree.leaves(got), jax.tree.leaves(want)
+    if len(gl) != len(wl):
+        return [failed_check(name, oracle, f"{len(gl)} leaves where {len(wl)} were expected")]
+    paths = [p for p, _ in jax.tree.leaves_with_path(want)]
+    for p, g, w in zip(paths, gl, wl):
+        if not is_float(w):
+            continue
+        leaf = name + ("." + leaf_name(p) if p else "")
+        if np.shape(g) != np.shape(w):
+            out.append(failed_check(leaf, oracle, f"shape {np.shape(g)}, want {np.shape(w)}"))
+            continue
+        dt = jnp.result_type(w)
+        out.append(compare(leaf, oracle, g, w, dt, tolerance(dt), note=note))
+    return out
+
+
+def no_reference(inputs: Inputs, oracle, why) -> list[CheckResult]:
+    """An inconclusive result per float input: there is nothing to judge against."""
+    return [
+        inconclusive_check(
+            n,
+            oracle,
+            why,
+            dtype=jnp.dtype(jnp.result_type(inputs.leaves[i])).name,
+            shape=tuple(np.shape(inputs.leaves[i])),
+        )
+        for n, i in zip(inputs.fnames, inputs.fidx)
+    ]
+
+
+def autodiff_or_inconclusive(loss, fl, hand, args, inputs, why_ref, scales=None):
+    """The autodiff oracle on a pairing loss of the reference; inconclusive per input
+    when the reference cannot be differentiated (the note says how it failed)."""
+    try:
+        res = autodiff_results(loss, fl, hand, args, scales=scales)
+    except Exception as e:  # the reference's own failure: not a verdict on the rule
+        why = f"the reference could not be differentiated ({error_text(e)})"
+        return no_reference(inputs, "autodiff", why)
+    return [dataclasses.replace(r, note=join(why_ref, r.note)) for r in res]
+
+
+def primal_vjp(f, vjp, ref, primals, out) -> list[CheckResult]:
+    """The rule's primal output against f's, and f's against the reference's."""
+    results = []
+    if vjp is None:
+        try:
+            rule_out = jax.vjp(f, *primals)[0]
+        except Exception as e:
+            return [failed_check("output", "primal", f"jax.vjp(f) raised {error_text(e)}")]
+        note = "the rule's primal output against f(*primals)"
+        results += same_tree("output", "primal", rule_out, out, note)
+    if ref is not None and ref is not f:
+        try:
+            ref_out = ref(*primals)
+        except Exception as e:
+            why = f"the reference raised {error_text(e)}"
+            return [*results, failed_check("output", "primal", why)]
+        results += same_tree("output", "primal", out, ref_out, "f(*primals) against the reference")
+    return results
+
+
+def jit_vjp(rule, primals, ct, cts, inputs) -> list[CheckResult]:
+    """jax.jit(rule) against the rule run eagerly."""
+    try:
+        jcts, why = normalise_cts(jax.jit(rule)(*primals, ct), inputs)
+    except Exception as e:
+        why = f"the rule raised under jax.jit: {error_text(e)}"
+        return [failed_check("cotangents", "jit", why)]
+    if jcts is None:
+        return [failed_check("cotangents", "jit", why)]
+    out = []
+    for n, i in zip(inputs.fnames, inputs.fidx):
+        out += same_tree(n, "jit", jcts[i], cts[i], "jax.jit(rule) against the rule run eagerly")
+    return out
+
+
+def _per_point_cts(rule, inputs, pts, cts_b):
+    """The rule at each batch point, normalised: (list, "") or (None, why)."""
+    singles = []
+    for p, c in zip(pts, cts_b):
+        s, why = normalise_cts(rule(*jax.tree.unflatten(inputs.treedef, p), c), inputs)
+        if s is None:
+            return None, why
+        singles.append(s)
+    return singles, ""
+
+
+def vmap_vjp(rule, inputs, out, rng) -> list[CheckResult]:
+    """jax.vmap(rule) over BATCH points and cotangents against the rule at each."""
+    pts = batch_points(inputs, rng)
+    cts_b = [full_cotangent(rng, out) for _ in pts]
+    try:
+        singles, why = _per_point_cts(rule, inputs, pts, cts_b)
+    except Exception as e:
+        why = f"the rule raised at a batch point: {error_text(e)}"
+        return [failed_check("cotangents", "vmap", why)]
+    if singles is None:
+        return [failed_check("cotangents", "vmap", why)]
+    stacked = [np.stack([np.asarray(p[i]) for p in pts]) for i in range(len(inputs.leaves))]
+    stacked = [jnp.asarray(s) if is_float(x) else s for s, x in zip(stacked, inputs.leaves)]
+    ct_stack = jax.tree.map(lambda *c: jnp.stack(c), *cts_b)
+
+    def per_point(*flat_and_ct):
+        *flat, c = flat_and_ct
+        cts, why = normalise_cts(rule(*jax.tree.unflatten(inputs.treedef, list(flat)), c), inputs)
+        if cts is None:
+            raise ValueError(why)
+        return [cts[i] for i in inputs.fidx]  # None -> zeros inside: vmap batches them
+
+    try:
+        bcts = jax.vmap(per_point)(*stacked, ct_stack)
+    except Exception as e:
+        why = f"the rule raised under jax.vmap: {error_text(e)}"
+        return [failed_check("cotangents", "vmap", why)]
+    note = f"jax.vmap(rule) over {BATCH} points against the rule at each"
+    res = []
+    for j, (n, i) in enumerate(zip(inputs.fnames, inputs.fidx)):
+        want = np.stack([np.asarray(s[i], np.float64) for s in singles])
+        if np.shape(bcts[j]) != np.shape(want):
+            why = f"batched cotangent of shape {np.shape(bcts[j])}, want {want.shape}"
+            res.append(failed_check(n, "vmap", why))
+            continue
+        dt = jnp.result_type(inputs.leaves[i])
+        res.append(compare(n, "vmap", bcts[j], want, dt, tolerance(dt), note=note))
+    return res
+
+
+def vmap_jvp(rule, inputs, rng) -> list[CheckResult]:
+    """jax.vmap of a JVP rule over BATCH points and tangents against the rule at each."""
+    pts = batch_points(inputs, rng)
+    n0, i0 = inputs.fnames[0], inputs.fidx[0]
+    us = [random_like(rng, inputs.leaves[i0], scale_by_rms=True) for _ in pts]
+    try:
+        singles = [
+            rule(tuple(jax.tree.unflatten(inputs.treedef, p)), tangent_tuple(inputs, n0, u))[1]
+            for p, u in zip(pts, us)
+        ]
+    except Exception as e:
+        why = f"the rule raised at a batch point: {error_text(e)}"
+        return [failed_check("tangents", "vmap", why)]
+    stacked = [
+        jnp.stack([jnp.asarray(p[i]) for p in pts])
+        if is_float(x)
+        else np.stack([np.asarray(p[i]) for p in pts])
+        for i, x in enumerate(inputs.leaves)
+    ]
+
+    def per_point(flat, u):
+        p = tuple(jax.tree.unflatten(inputs.treedef, list(flat)))
+        return rule(p, tangent_tuple(inputs, n0, u))[1]
+
+    try:
+        batched = jax.vmap(per_point)(stacked, jnp.stack(us))
+    except Exception as e:
+        why = f"the rule raised under jax.vmap: {error_text(e)}"
+        return [failed_check("tangents", "vmap", why)]
+    want = jax.tree.map(lambda *t: np.stack([np.asarray(x, np.float64) for x in t]), *singles)
+    note = f"jax.vmap(rule) over {BATCH} points against the rule at each"
+    return same_tree("tangents", "vmap", batched, want, note)
+
+
+@functools.lru_cache(maxsize=256)
+def _composed_loss(fn, key):
+    """A scalar loss calling fn twice, at x and at x·(1 + w), through other operations:
+    L = ⟨c1, y1⟩ + σ ⟨c2, tanh(y2 / σ)⟩ with y1 = fn(x), y2 = fn(x ⊙ (1 + w))."""
+
+    def loss(fl, others, c1, c2, w, sigma):
+        x1 = assemble(key, fl, others)
+        fl2 = {k: v * (1 + w[k]).astype(v.dtype) for k, v in fl.items()}
+        x2 = assemble(key, fl2, others)
+        y1, y2 = fn(*x1), fn(*x2)
+        squashed = jax.tree.map(
+            lambda y, s: jnp.tanh(y / s.astype(y.dtype)) * s.astype(y.dtype) if is_float(y) else y,
+            y2,
+            sigma,
+        )
+        return pair(y1, c1) + pair(squashed, c2)
+
+    return loss
+
+
+def _composed_args(inputs, out, rng):
+    """(others, c1, c2, w, sigma) of the composed loss: two cotangents, the rescaling w
+    of the second call, and each output leaf's rms σ."""
+    fl = inputs.floats()
+    c1, c2 = full_cotangent(rng, out), full_cotangent(rng, out)
+    w = {k: np.asarray(0.25 * rng.uniform(-1, 1, np.shape(v)), np.float64) for k, v in fl.items()}
+    sigma = jax.tree.map(
+        lambda y: np.float64(max(rms(y), 1e-30) if is_float(y) and np.size(y) else 1.0), out
+    )
+    return (inputs.others, c1, c2, w, sigma)
+
+
+def composed_check(g, ref, inputs, out, rng, seed, ref_why) -> list[CheckResult]:
+    """jax.grad of a loss calling f twice, through the rule, against the same loss through
+    the reference (or, when that cannot be differentiated, finite differences)."""
+    fl, key = inputs.floats(), inputs.key()
+    args = _composed_args(inputs, out, rng)
+    loss_g = cached(_composed_loss, g, key)
+    try:
+        hand = jax.jit(jax.grad(loss_g))(fl, *args)
+    except Exception as e:
+        why = f"jax.grad of a loss through the rule raised {error_text(e)}"
+        return [failed_check("rule", "composed", why)]
+    note = "jax.grad of a loss calling f twice, through the rule"
+    natural = natural_scales(fl, out, args[1], args[2])  # c1, c2
+    if ref is not None:
+        loss_ref = cached(_composed_loss, ref, key)
+        res = autodiff_or_inconclusive(loss_ref, fl, hand, args, inputs, ref_why, natural)
+        if not any(
+            r.status == "inconclusive" and "could not be differentiated" in r.note for r in res
+        ):
+            return [dataclasses.replace(r, oracle="composed", note=join(note, r.note)) for r in res]
+    res = finite_difference_results(loss_g, fl, hand, args, seed=seed, scales=natural)
+    note += ", against finite differences"
+    return [dataclasses.replace(r, oracle="composed", note=join(note, r.note)) for r in res]
+
+
+def _vjp_as_function(rule, inputs, ct):
+    """fl -> {input leaf: cotangent} for a rule (*primals, ct) -> cotangents."""
+    key, others = inputs.key(), inputs.others
+
+    def h(fl_):
+        cts, why = normalise_cts(rule(*assemble(key, fl_, others), ct), inputs)
+        if cts is None:
+            raise ValueError(why)
+        return {n: cts[i] for n, i in zip(inputs.fnames, inputs.fidx)}
+
+    return h
+
+
+def _reference_rule(ref):
+    def rule(*args):
+        *p, c = args
+        return jax.vjp(ref, *p)[1](c)
+
+    return rule
+
+
+def second_order(rule, ref, inputs, ct, rng, out) -> list[CheckResult]:
+    """The JVP of the rule's VJP along a random tangent u, against the reference's."""
+    if ref is None:
+        return no_reference(inputs, "second_order", "no reference: second derivatives not judged")
+    fl = inputs.floats()
+    u = random_like(rng, fl, scale_by_rms=True)
+    try:
+        hand = jax.jvp(_vjp_as_function(rule, inputs, ct), (fl,), (u,))[1]
+    except Exception as e:
+        why = f"jax.jvp of the rule's VJP raised {error_text(e)}"
+        return [failed_check("rule", "second_order", why)]
+    ref_vjp = _vjp_as_function(_reference_rule(ref), inputs, ct)
+    try:
+        want = jax.jvp(ref_vjp, (fl,), (u,))[1]
+    except Exception as e:
+        why = f"the reference could not be differentiated twice ({error_text(e)})"
+        return no_reference(inputs, "second_order", why)
+    golden, why = None, ""
+    if any(jnp.result_type(v) != jnp.float64 for v in fl.values()):
+        golden, why = golden_value(
+            lambda fl64, u64, ct64: jax.jvp(
+                _vjp_as_function(_reference_rule(ref), inputs, ct64), (fl64,), (u64,)
+            )[1],
+            fl,
+            u,
+            ct,
+            what="the reference",
+        )
+    natural, res = max_abs(ct) * max_abs(out), []
+    for n in inputs.fnames:
+        dt = jnp.result_type(fl[n])
+        # the first-order natural scale, times how far u reaches against x's typical entry
+        reach = max_abs(u[n]) / max(rms(fl[n]), 1e-300)
+        scale = 0.0 if dt == jnp.float64 else natural * min(reach, 1e6)
+        gold = None if golden is None else golden[n]
+        r = judge(n, hand[n], want[n], gold, dt, scale, why)
+        note = join("JVP of the rule's VJP along a random tangent", r.note)
+        res.append(dataclasses.replace(r, oracle="second_order", note=note))
+    return res

@@ -1,0 +1,106 @@
+"""The gradient checks: a hand gradient of any pytree of parameters, leaf by leaf, against
+autodiff of the loss and finite differences of the loss alone.
+
+    results = check_gradients(loss_fn, grad_fn, params, *args)
+    assert_gradients(loss_fn, grad_fn, params, *args)   # raises on a failed or unjudged leaf
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jax_ref.autodiff import autodiff_results
+from jax_ref.finite_difference import finite_difference_results
+from jax_ref.trees import leaf_name
+from jax_ref.verdict import CheckResult, assert_verdict
+
+__all__ = ["GRADIENT_ORACLES", "assert_gradients", "check_gradients"]
+
+GRADIENT_ORACLES = ("autodiff", "finite_difference")
+
+
+def _split_grad_output(out, returns_loss: bool):
+    if not returns_loss:
+        return None, out
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(
+            f"grad_fn must return (loss, grads) when returns_loss=True; got {type(out).__name__}"
+        )
+    return out
+
+
+def _check_tree(grads, params) -> None:
+    want, got = jax.tree.structure(params), jax.tree.structure(grads)
+    if want != got:
+        raise ValueError(
+            f"grad_fn must return a pytree shaped like params;\n  params: {want}\n  grads:  {got}"
+        )
+    for (path, p), g in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(grads)):
+        if np.shape(g) != np.shape(p):
+            raise ValueError(
+                f"grad_fn's gradient for {leaf_name(path)} must have the parameter's shape "
+                f"{np.shape(p)}; got {np.shape(g)}"
+            )
+
+
+def check_gradients(
+    loss_fn: Callable[..., Any],
+    grad_fn: Callable[..., Any],
+    params: Any,
+    *args: Any,
+    seed: int = 0,
+    oracles: Sequence[str] = GRADIENT_ORACLES,
+    returns_loss: bool = False,
+    directions: int = 2,
+    max_tries: int = 12,
+    scales: Any = None,
+    loss_scale: float = 0.0,
+) -> list[CheckResult]:
+    """`grad_fn(params, *args)` against autodiff and finite differences of the scalar
+    `loss_fn(params, *args)`: one `CheckResult` per float leaf and oracle.
+
+    With `returns_loss=True`, `grad_fn` returns `(loss, grads)` and the loss is checked
+    too (parameter "loss"). `directions` is the number of random directions per round
+    (at least 2), `max_tries` the most a leaf may use. `scales` (a pytree like `params`
+    of floats) and `loss_scale` give each leaf's natural error scale where cancellation
+    makes a gradient smaller than its rounding's scale (jax_ref.tolerances)."""
+    unknown = set(oracles) - set(GRADIENT_ORACLES)
+    if unknown or not oracles:
+        raise ValueError(
+            f"oracles must be a non-empty selection of {GRADIENT_ORACLES}; got {list(oracles)}"
+        )
+    if not callable(loss_fn) or not callable(grad_fn):
+        raise ValueError("loss_fn and grad_fn must be callables (params, *args)")
+    value, grads = _split_grad_output(grad_fn(params, *args), returns_loss)
+    _check_tree(grads, params)
+    results: list[CheckResult] = []
+    if "autodiff" in oracles:
+        results += autodiff_results(
+            loss_fn, params, grads, args, scales=scales, value=value, loss_scale=loss_scale
+        )
+    if "finite_difference" in oracles:
+        results += finite_difference_results(
+            loss_fn,
+            params,
+            grads,
+            args,
+            seed=seed,
+            directions=directions,
+            max_tries=max_tries,
+            scales=scales,
+        )
+    return results
+
+
+def assert_gradients(
+    loss_fn, grad_fn, params, *args, allow_inconclusive: bool = False, **kwargs
+) -> list[CheckResult]:
+    """`check_gradients`, raising an AssertionError naming every failed leaf and oracle
+    (the worst element or direction and both values), and every leaf that no oracle
+    judged (unless `allow_inconclusive`). Returns the results otherwise."""
+    results = check_gradients(loss_fn, grad_fn, params, *args, **kwargs)
+    return assert_verdict(results, "gradient", allow_inconclusive)

@@ -1,0 +1,219 @@
+"""What a check found (`CheckResult`) and the one policy that turns results into a verdict.
+
+Every caller asks `verdict(results)`: the assertions, the reports, the command line's exit
+codes and the mutants harness. A leaf passes only if some oracle judged it and none failed
+it; a contract check passes only if it judged; an empty list is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jax_ref.tolerances import rel_error
+
+__all__ = [
+    "CONTRACTS",
+    "ORACLES",
+    "STATUSES",
+    "CheckResult",
+    "Verdict",
+    "assert_verdict",
+    "compare",
+    "failed_check",
+    "inconclusive_check",
+    "passed_check",
+    "verdict",
+]
+
+STATUSES = ("passed", "failed", "inconclusive")
+# Oracles judge a leaf's values: `autodiff` (jax.grad of the user's loss or reference),
+# `finite_difference` (of the forward pass alone), `referee` (the shipped derivations'
+# independent spec). A leaf is judged when any of them judged it.
+ORACLES = ("autodiff", "finite_difference", "referee")
+# Contract checks judge a rule's behaviour; each is a unit of its own.
+CONTRACTS = ("primal", "structure", "jit", "vmap", "composed", "second_order")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """One leaf against one oracle (or one contract check).
+
+    Errors are norm-wise relative (jax_ref.tolerances); for finite differences they are
+    per direction, relative to the hand directional derivative, and `worst_index` is a
+    direction (`index_kind`). `detectable_rel_err` is the smallest error in one element,
+    relative to the leaf's largest entry, that this check would have flagged."""
+
+    parameter: str
+    oracle: str
+    status: str
+    note: str = ""
+    dtype: str = "-"
+    shape: tuple[int, ...] = ()
+    max_abs_err: float = math.nan
+    max_rel_err: float = math.nan
+    tolerance: float = 0.0
+    worst_index: tuple[int, ...] = ()
+    got: float = math.nan  # the hand value at worst_index
+    want: float = math.nan  # the oracle's value there
+    detectable_rel_err: float = math.nan
+    baseline_err: float | None = None  # precision budgets: the oracle at the result's dtype
+    index_kind: str = "element"  # or "direction"
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}; got {self.status!r}")
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"], d["worst_index"] = list(self.shape), list(self.worst_index)
+        d["passed"] = self.passed
+        return d
+
+    def describe(self) -> str:
+        """One line: leaf, oracle, verdict, error against tolerance, worst place, power."""
+        head = f"{self.parameter} [{self.oracle}, {self.dtype}{list(self.shape)}]"
+        if self.status == "inconclusive":
+            return f"{head} INCONCLUSIVE: {self.note}"
+        word = "ok" if self.passed else "FAILED"
+        where = ("direction " if self.index_kind == "direction" else "element ") + (
+            str(list(self.worst_index)) if self.worst_index else "(scalar)"
+        )
+        base = "" if self.baseline_err is None else f", {self.oracle}'s own {self.baseline_err:.3g}"
+        return (
+            f"{head} {word}: rel err {self.max_rel_err:.3g} vs tolerance "
+            f"{self.tolerance:.3g}{base}; worst at {where}: hand {self.got!r}, "
+            f"{self.oracle} {self.want!r}; detects >= {self.detectable_rel_err:.2g}"
+            + (f" ({self.note})" if self.note else "")
+        )
+
+
+def passed_check(parameter: str, oracle: str, note: str, **measures) -> CheckResult:
+    """A pass with nothing to measure (a contract that holds exactly)."""
+    kw = {"max_abs_err": 0.0, "max_rel_err": 0.0, "detectable_rel_err": 0.0, **measures}
+    return CheckResult(parameter=parameter, oracle=oracle, status="passed", note=note, **kw)
+
+
+def failed_check(parameter: str, oracle: str, note: str, **measures) -> CheckResult:
+    """A failure that is not a comparison of values (a rule that raised, a wrong shape)."""
+    kw = {"max_rel_err": math.inf, **measures}
+    return CheckResult(parameter=parameter, oracle=oracle, status="failed", note=note, **kw)
+
+
+def inconclusive_check(parameter: str, oracle: str, note: str, **measures) -> CheckResult:
+    """The oracle could not judge: `note` says why. Its power is none (inf)."""
+    kw = {"detectable_rel_err": math.inf, **measures}
+    return CheckResult(parameter=parameter, oracle=oracle, status="inconclusive", note=note, **kw)
+
+
+def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckResult:
+    """`got` against an oracle's `want` under tolerance `tol`: passed or failed."""
+    max_abs, rel, idx = rel_error(got, want, scale)
+    g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    # detection power relative to the leaf's largest entry: a natural scale above it
+    # (errors measured against the scale the rounding lives on) weakens it by that factor
+    ok = np.isfinite(w)
+    big = float(np.max(np.abs(w if ok.all() else w[ok]), initial=0.0))
+    weaken = max(float(scale), big) / big if big > 0 else 1.0
+    return CheckResult(
+        parameter=name,
+        oracle=oracle,
+        status="passed" if rel <= tol else "failed",
+        note=note,
+        dtype=jnp.dtype(dtype).name,
+        shape=tuple(np.shape(want)),
+        max_abs_err=max_abs,
+        max_rel_err=rel,
+        tolerance=tol,
+        worst_index=idx,
+        got=float(g[idx]) if g.ndim else float(g),
+        want=float(w[idx]) if w.ndim else float(w),
+        detectable_rel_err=tol * weaken,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The verdict over a list of results: the failures, and the units (leaves; contract
+    checks, each its own) that something judged and that nothing judged."""
+
+    results: tuple
+    failed: tuple
+    judged: tuple[str, ...]
+    unjudged: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed and not self.unjudged
+
+    def ok(self, allow_inconclusive: bool = False) -> bool:
+        return not self.failed and (allow_inconclusive or not self.unjudged)
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(_get(r, "status") == s for r in self.results) for s in STATUSES}
+
+
+def _get(r, key):
+    return r[key] if isinstance(r, Mapping) else getattr(r, key)
+
+
+def unit(r) -> str:
+    """What a result judges: its leaf (for an oracle) or its leaf's contract check; a
+    report's row is prefixed with its derivation, function and case."""
+    name = _get(r, "parameter")
+    if isinstance(r, Mapping) and "function" in r:
+        name = f"{r['derivation']}: {r['function']} {name} ({r['case']})"
+    oracle = _get(r, "oracle")
+    return name if oracle in ORACLES else f"{name} [{oracle}]"
+
+
+def verdict(results: Sequence[CheckResult | Mapping]) -> Verdict:
+    """The one verdict policy, over results or report rows (dicts of a result's fields).
+
+    Failed: any failed result. Judged: a unit with a result that is not inconclusive.
+    Unjudged: a unit whose every result is inconclusive. An empty list is refused:
+    nothing judged is never a pass."""
+    results = tuple(results)
+    if not results:
+        raise ValueError("verdict needs at least one result: nothing judged is never a pass")
+    seen: dict[str, bool] = {}
+    for r in results:
+        u = unit(r)
+        seen[u] = seen.get(u, False) or _get(r, "status") != "inconclusive"
+    return Verdict(
+        results=results,
+        failed=tuple(r for r in results if _get(r, "status") == "failed"),
+        judged=tuple(u for u, j in seen.items() if j),
+        unjudged=tuple(u for u, j in seen.items() if not j),
+    )
+
+
+def assert_verdict(
+    results: Sequence[CheckResult], what: str, allow_inconclusive: bool = False
+) -> list[CheckResult]:
+    """`results` if their verdict passes; else an AssertionError naming every failed
+    result and every unit nothing judged (unless `allow_inconclusive`)."""
+    v = verdict(results)
+    if v.ok(allow_inconclusive):
+        return list(results)
+    unjudged = [] if allow_inconclusive else list(v.unjudged)
+    shown = list(v.failed) + [
+        r for r in results if r.status == "inconclusive" and unit(r) in set(unjudged)
+    ]
+    msg = f"{len(v.failed)} of {len(results)} {what} checks failed"
+    if unjudged:
+        msg += (
+            f"; {len(unjudged)} no oracle could judge ({', '.join(unjudged)}; "
+            "allow_inconclusive=True to accept that)"
+        )
+    lines = "\n".join("  " + r.describe() for r in shown)
+    raise AssertionError(f"{msg}:\n{lines}")
