@@ -3,22 +3,10 @@
     python benchmarks/bench_attention.py [--out reports/benchmarks.md] [--reps R] [--quick]
                                          [--run-n N]
 
-The gradient of ⟨dO, O(Q, K, V)⟩ in (Q, K, V), one head, d = 64, float32:
-
-* flash: `jax.grad` through `handgrad.flash_attention` (its registered hand backward, by
-  key blocks, P recomputed from the row log-sum-exp), default block size;
-* autodiff: `jax.grad` of `handgrad.attention`, the naive forward that stores P (N×M).
-
-1. Compiled temporary memory (`jax.jit(...).lower(...).compile().memory_analysis()`, exact,
-   nothing allocated) for N = M from 1,024 to 16,384, and the flash gradient at 131,072.
-   Targets: flash/autodiff <= 1/16 at N = 8,192; flash's growth from 8,192 to 16,384 <=
-   2.5x; under 1 GiB at N = 131,072.
-2. Wall time at N = 4,096: medians of interleaved rounds, the ratio the median of the
-   per-round ratios. Target: flash/autodiff <= 0.6.
-3. The flash gradient run for real at `--run-n` (default 32,768): seconds and finiteness.
-
-With `--out`, the section from the marker `<!-- bench_attention -->` on in that Markdown
-file is replaced (bench_grad.py keeps it), and the plot goes beside it.
+The gradient of ⟨dO, O(Q, K, V)⟩ in (Q, K, V), one head, d = 64, float32: compiled
+temporary memory (`memory_analysis()`, exact) for N = M from 1,024 to 16,384 and the flash
+gradient at 131,072; wall time at N = 4,096 (medians of interleaved rounds); the flash
+gradient run for real at `--run-n`. With `--out`, its section of that file is replaced.
 """
 
 from __future__ import annotations

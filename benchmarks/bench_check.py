@@ -2,14 +2,10 @@
 
     python benchmarks/bench_check.py [--out reports/benchmarks.md] [--rounds R]
 
-The 814,090-parameter 784-1024-10 MLP (N = 64), float64: check_gradients with finite
-differences alone (torch's fast mode is finite differences against one backward pass),
-and with both oracles; `torch.autograd.gradcheck(fast_mode=True)` on the same network
-when torch is installed (it is not a dependency). Rounds are interleaved, the first call
-of each (compilation) is left out, and the figure is the median; the ratio is the median
-of the per-round ratios. Also shows that a gradient rounded to float32 fails the check.
-With `--out`, the section from the marker `<!-- bench_check -->` in that Markdown file is
-replaced (the other scripts' sections are kept).
+The 814,090-parameter 784-1024-10 MLP (N = 64), float64: finite differences alone, and
+both oracles; `torch.autograd.gradcheck(fast_mode=True)` when torch is installed (not a
+dependency). Interleaved rounds, compilation left out, medians; the ratio is the median
+of per-round ratios. Also shows that a gradient rounded to float32 fails the check.
 """
 
 from __future__ import annotations

@@ -2,17 +2,11 @@
 
     python benchmarks/bench_grad.py [--reps R] [--out reports/benchmarks.md] [--quick]
 
-1. The jitted gradient step (loss and all four gradients) with handgrad.mlp_grads and with
-   jax_ref.mlp_grads (jax.value_and_grad), float32, at three sizes (N, D, H, C); beside
-   them the floor: the same step's five matrix products alone.
-2. On the spiral net: one scanned epoch (lax.scan over minibatches, handgrad.train) vs a
-   per-step jitted Python loop vs plain NumPy, in optimizer steps per second.
-
-Timings are medians over interleaved rounds (each function timed once per round, in
-turn); ratios are medians of the per-round ratios, so a slow spell of the machine
-cancels. Targets (not asserted): hand/autodiff <= 1.00 at every size; hand >= 85 % of
-the floor's speed at the large size; the scanned loop >= 10x the steps per second of the
-per-step loop.
+1. The jitted gradient step with handgrad.mlp_grads and with jax_ref.mlp_grads, float32,
+   at three sizes, beside the floor: the same step's five matrix products alone.
+2. On the spiral net: one scanned epoch vs a per-step jitted loop vs plain NumPy.
+Timings are medians over interleaved rounds; ratios are medians of per-round ratios, so
+a slow spell of the machine cancels. With `--out`, its section of that file is replaced.
 """
 
 from __future__ import annotations

@@ -1,33 +1,13 @@
 """Attention: the seed's softmax Jacobian at work, and a flash-style backward by blocks.
 
-Everything of this derivation is here, in three layers (as `handgrad.softmax_ce`):
-
-1. the pieces, one equation each: `scores`, `row_softmax`, `softmax_backward_rows`,
-   `pv_backward`, `qk_backward`, `key_valid`, `online_update`, `row_term`, `recompute_p`;
-2. the public functions, built from the pieces in `PIECES`: `softmax_backward`,
-   `attention`, `attention_backward` (the textbook backward, storing P), `flash_attention`
-   (a `jax.custom_vjp` function: forward by key blocks with an online softmax, saving only
-   O and the row log-sum-exp; its registered backward recomputes P block by block) and
-   `flash_attention_backward` (that backward, callable on its own);
-3. `CHAINS`: the softmax VJP from the seed's Jacobian, and the flash backward's dQ from
-   `rowsum(dP ⊙ P)` to `rowsum(dO ⊙ O)`, each ending on the shipped function.
-
-Letters: Q (..., N, d), K (..., M, d), V (..., M, dv), any leading batch/head dimensions
-(written `...`); S, P (..., N, M); O, dO (..., N, dv); B the key block size.
-
-The derivation (the seed's Jacobian a_ij (δ_jk − a_ik), contracted with an upstream
-gradient):
-
-    S = Q·Kᵀ/√d      P = softmax_rows(S)      O = P·V
-    dV = Pᵀ·dO                    (M, dv) = (M, N)·(N, dv)
-    dP = dO·Vᵀ                    (N, M)  = (N, dv)·(dv, M)
-    dS = P ⊙ (dP − rowsum(dP ⊙ P))          (N, M)
-    dQ = dS·K/√d                  (N, d)  = (N, M)·(M, d)
-    dK = dSᵀ·Q/√d                 (M, d)  = (M, N)·(N, d)
-
-and the identity that frees the backward from P:  rowsum(dP ⊙ P)_i = Σ_j P_ij Σ_c dO_ic V_jc
-= Σ_c dO_ic (P·V)_ic = rowsum(dO ⊙ O)_i.  With the row log-sum-exp lse_i = log Σ_j e^{S_ij},
-P_ij = e^{S_ij − lse_i} is recomputed block by block: no N×M array is ever stored.
+Three layers (as `handgrad.softmax_ce`): the pieces, one equation each (`scores`,
+`row_softmax`, `softmax_backward_rows`, `pv_backward`, `qk_backward`, `key_valid`,
+`online_update`, `row_term`, `recompute_p`); the public functions built from `PIECES`
+(`softmax_backward`, `attention`, `attention_backward`, `flash_attention`: a
+`jax.custom_vjp` whose backward recomputes P block by block from the row log-sum-exp,
+and `flash_attention_backward`); and `CHAINS`. Letters: Q (..., N, d), K (..., M, d),
+V (..., M, dv), S, P (..., N, M), O, dO (..., N, dv), B the key block size. The
+derivation, line by line: docs/derivation.md, "Attention".
 """
 
 from __future__ import annotations
@@ -183,7 +163,7 @@ def _indices(N, M):
     return jnp.arange(N)[:, None], jnp.arange(M)[None, :]
 
 
-def _forward(p: Pieces, Q, K, V, causal):
+def forward_with_p(p: Pieces, Q, K, V, causal):
     N, M = Q.shape[-2], K.shape[-2]
     i, j = _indices(N, M)
     P = p.softmax_forward(p.scores(Q, K, p.key_valid(i, j, M, causal)))
@@ -191,7 +171,7 @@ def _forward(p: Pieces, Q, K, V, causal):
 
 
 def _backward(p: Pieces, dO, Q, K, V, causal):
-    _, P = _forward(p, Q, K, V, causal)
+    _, P = forward_with_p(p, Q, K, V, causal)
     dP, dV = p.pv_backward(dO, P, V)
     dS = p.softmax_backward(dP, P)
     dQ, dK = p.qk_backward(dS, Q, K)
@@ -306,7 +286,7 @@ def _qkv(Q, K, V, causal):
 
 
 def _float(x, name, letters):
-    x = v._array(x, name, letters)
+    x = v.as_array(x, name, letters)
     if x.ndim < 2:
         raise ValueError(f"{name} must be {letters}, at least 2-D; got shape {x.shape}")
     return v.float_array(x, name, letters, x.ndim)
@@ -335,7 +315,7 @@ def _softmax_backward(p: Pieces, da, a):
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _attention(p: Pieces, Q, K, V, causal):
-    return _forward(p, Q, K, V, causal)[0]
+    return forward_with_p(p, Q, K, V, causal)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -348,7 +328,7 @@ def softmax_backward(da, a, *, pieces: Pieces = PIECES) -> jax.Array:
 
     The VJP of a = softmax(z) given the upstream da = ∂L/∂a: the seed's Jacobian
     a_ij (δ_jk − a_ik) contracted with da, never built (O(C) per row, not O(C²))."""
-    a = v._array(a, "a", "(..., C)")
+    a = v.as_array(a, "a", "(..., C)")
     a = v.float_array(a, "a", "(..., C)", max(a.ndim, 1))
     da = v.float_array(da, "da", "(..., C)", a.ndim)
     if da.shape != a.shape or da.dtype != a.dtype:

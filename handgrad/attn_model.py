@@ -1,20 +1,11 @@
 """An attention classifier on hand-derived gradients: one self-attention layer over tokens,
 then the seed's two-layer MLP head and softmax cross-entropy.
 
-A row of X (N, D) is T tokens of F features (D = T·F: the 8×8 digits are 8 rows of 8
-pixels). Letters: T tokens, F features (also the attention width: the residual adds O to
-X_t), H hidden units, C classes.
-
-    X_t = reshape(X)            (N, T, F)
-    Q = X_t·Wq, K = X_t·Wk, V = X_t·Wv          (N, T, F) = (N, T, F)·(F, F)
-    O = attention(Q, K, V)      (N, T, F)        handgrad.attn
-    h = reshape(X_t + O)        (N, T·F)         a residual connection
-    z2 = MLP head(h)            (N, C)           handgrad.mlp, then softmax cross-entropy
-
-The backward pass chains the derivations already verified: the head's (handgrad.mlp's
-pieces, down to dh = dz1·W1ᵀ), the residual's (dO = dh: X_t is data), attention's (dQ,
-dK, dV from dO, handgrad.attn's pieces), and the projections' dWq = Σ_n X_tᵀ·dQ
-(F, F) = (F, N·T)·(N·T, F). No autodiff.
+A row of X (N, D) is T tokens of F features (D = T·F). Letters: T tokens, F features,
+H hidden units, C classes. The backward chains the verified derivations: the head's
+(handgrad.mlp), the residual's (dO = dh), attention's (handgrad.attn) and the
+projections' dWq = Σ_n X_tᵀ·dQ; no autodiff. Its shape lines: docs/derivation.md,
+"The attention classifier".
 """
 
 from __future__ import annotations
@@ -75,10 +66,10 @@ def _tokens(params: AttnParams, X):
 def _forward(params: AttnParams, X):
     Xt = _tokens(params, X)  # (N, T, F)
     Q, K, V = (jnp.einsum("ntf,fk->ntk", Xt, W) for W in (params.Wq, params.Wk, params.Wv))
-    O, P = attn._forward(attn.PIECES, Q, K, V, False)  # (N, T, k), (N, T, T)
+    O, P = attn.forward_with_p(attn.PIECES, Q, K, V, False)  # (N, T, k), (N, T, T)
     h = (Xt + O).reshape(O.shape[0], -1)  # (N, T·F): the residual X_t + O (k = F)
     head = mlp.Params(params.W1, params.b1, params.W2, params.b2)
-    z2, caches = mlp._forward(mlp.PIECES, head, h)
+    z2, caches = mlp.forward_with_caches(mlp.PIECES, head, h)
     return z2, (Xt, Q, K, V, P, caches)
 
 

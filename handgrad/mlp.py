@@ -137,7 +137,7 @@ def init_params(key, D: int, H: int, C: int, *, dtype=jnp.float32) -> Params:
     return Params(W1, jnp.zeros((H,), dtype), W2, jnp.zeros((C,), dtype))
 
 
-def _forward(p: Pieces, params: Params, X):
+def forward_with_caches(p: Pieces, params: Params, X):
     z1, cache1 = p.affine_forward(X, params.W1, params.b1)  # (N, H) = (N, D)·(D, H) + (H,)
     a1, cache_relu = p.relu_forward(z1)  # (N, H)
     z2, cache2 = p.affine_forward(a1, params.W2, params.b2)  # (N, C) = (N, H)·(H, C) + (C,)
@@ -158,19 +158,19 @@ def _checked(params, X, y=None, reg=None):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward_z2(p: Pieces, params, X):
-    return _forward(p, params, X)[0]
+    return forward_with_caches(p, params, X)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _loss(p: Pieces, params, X, y, reg):
-    z2, _ = _forward(p, params, X)
+    z2, _ = forward_with_caches(p, params, X)
     ce = p.head_forward(z2, y, v.label_mask(y, z2.shape[1]))[0]
     return ce + p.penalty_forward(params, reg)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _grads(p: Pieces, params, X, y, reg):
-    z2, (cache1, z1, cache2) = _forward(p, params, X)
+    z2, (cache1, z1, cache2) = forward_with_caches(p, params, X)
     ce, cache_ce = p.head_forward(z2, y, v.label_mask(y, z2.shape[1]))
     dz2 = p.head_backward(cache_ce)  # (N, C)
     da1, dW2, db2 = p.affine_backward(dz2, cache2)  # (N, H), (H, C), (C,)

@@ -1,15 +1,12 @@
 """Softmax cross-entropy: softmax, its Jacobian, cross-entropy and its batch-mean gradient.
 
-Everything of this derivation is here, in three layers:
-
+Three layers (letters: N batch, C classes):
 1. the pieces, one equation each (CS231n `layers.py` style): `softmax_forward`,
    `softmax_jacobian_of`, `ce_forward`, `softmax_ce_forward`, `softmax_ce_backward`;
 2. the public functions, built from the pieces in `PIECES` (swap one with
    `pieces=PIECES._replace(...)` to run a variant: the mutant catalogue does);
-3. `CHAINS`: the derivation's equalities as executable steps, each chain ending on the public
-   function itself (`jax_ref.ledger` runs them).
-
-Letters: N batch, C classes.
+3. `CHAINS`: the derivation's equalities as executable steps, each chain ending on the
+   public function itself (`jax_ref.ledger` runs them).
 """
 
 from __future__ import annotations

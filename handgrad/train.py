@@ -197,6 +197,19 @@ def _flat(params) -> np.ndarray:
     return np.concatenate([np.asarray(p, np.float64).ravel() for p in jax.tree.leaves(params)])
 
 
+def _check_config(config: TrainConfig, dtype) -> None:
+    """A ValueError naming the first setting out of range."""
+    v.check_reg(config.reg, dtype)
+    for name in ("epochs", "batch_size"):
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name} must be >= 1; got {getattr(config, name)}")
+    if not config.lr > 0 or not 0 <= config.momentum < 1 or not config.lr_decay > 0:
+        raise ValueError(
+            "lr must be > 0, momentum in [0, 1), lr_decay > 0; got "
+            f"lr={config.lr}, momentum={config.momentum}, lr_decay={config.lr_decay}"
+        )
+
+
 def fit(
     params: Params,
     X,
@@ -221,15 +234,7 @@ def fit(
     grad_fn = model.grads if grad_fn is None else grad_fn
     N, C = X.shape[0], model.classes(params)
     y = v.check_labels(y, N, C, against=f"X (N, D) = {X.shape}")
-    v.check_reg(config.reg, X.dtype)
-    for name in ("epochs", "batch_size"):
-        if int(getattr(config, name)) < 1:
-            raise ValueError(f"{name} must be >= 1; got {getattr(config, name)}")
-    if not config.lr > 0 or not 0 <= config.momentum < 1 or not config.lr_decay > 0:
-        raise ValueError(
-            "lr must be > 0, momentum in [0, 1), lr_decay > 0; got "
-            f"lr={config.lr}, momentum={config.momentum}, lr_decay={config.lr_decay}"
-        )
+    _check_config(config, X.dtype)
     batch = min(int(config.batch_size), N)  # a batch larger than the data is the data
     mesh = mesh_for(devices) if devices > 1 else None
     if mesh is not None and batch % devices:

@@ -1,14 +1,11 @@
 """Argument checks, in one place, in the glossary's letters (public: `jax_ref` and new
 derivations use them too).
 
-Glossary (used in every message and docstring):
-    N  batch size (rows of X, z and y)      D  input features
-    H  hidden units                          C  classes
-
-Shapes, ranks and dtypes are static, so they are checked always, also under `jax.jit`
-and `jax.vmap`. Values (finiteness, label range, sign of `reg`) can only be checked when
-they are concrete; under a transform the math itself turns a bad label or a negative
-`reg` into NaN (see `label_mask` and `reg_or_nan`) so nothing comes back plausible.
+Glossary:  N batch size (rows of X, z and y),  D input features,  H hidden units,
+C classes. Shapes, ranks and dtypes are static, so they are checked always, also under
+`jax.jit` and `jax.vmap`. Values (finiteness, label range, sign of `reg`) can only be
+checked when they are concrete; under a transform the math itself turns a bad label or
+a negative `reg` into NaN (`label_mask`, `reg_or_nan`): nothing comes back plausible.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "as_array",
     "check_labels",
     "check_logits",
     "check_mlp",
@@ -41,7 +39,7 @@ def _fmt(letters: str, shape: tuple) -> str:
     return f"{letters} = ({sizes})"
 
 
-def _array(x, name: str, letters: str):
+def as_array(x, name: str, letters: str):
     """A jax array (or tracer) as is; anything else as a numpy array of JAX's canonical
     dtype. Not jnp.asarray: that compiles a staging op for every new shape."""
     if isinstance(x, jax.Array):
@@ -58,7 +56,7 @@ def _array(x, name: str, letters: str):
 def float_array(x, name: str, letters: str, ndim: int):
     """`x` as a floating array of rank `ndim`, finite when concrete; a ValueError naming
     `name`, its expected shape in `letters` and what came otherwise."""
-    x = _array(x, name, letters)
+    x = as_array(x, name, letters)
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {letters}, a {ndim}-D array; got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -92,7 +90,7 @@ def check_logits(z):
 
 def check_labels(y, N: int, C: int, *, against: str):
     """y: (N,) integer labels in [0, C) (the range is checked when concrete)."""
-    y = _array(y, "y", "(N,)")
+    y = as_array(y, "y", "(N,)")
     if y.dtype == jnp.bool_ or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"y must hold integer class labels (N,); got dtype {y.dtype}")
     if y.shape != (N,):

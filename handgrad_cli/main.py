@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    _add_check(sub)
+    _add_mutants(sub)
+    _add_train(sub)
+    return p
+
+
+def _add_check(sub) -> None:
     c = sub.add_parser(
         "check",
         help="sweep every function and the derivation ledger, or the rules a file of yours "
@@ -79,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         "one (or both under 1e-3 of the tolerance); exit 1 if not reproduced",
     )
 
+
+def _add_mutants(sub) -> None:
     m = sub.add_parser(
         "mutants", help="run every check against every catalogued mutant; write mutants.json/.md"
     )
@@ -93,9 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--out", default="reports", help="report directory (default reports/)")
     m.add_argument("--json", action="store_true", help="print the JSON report to stdout")
-
-    _add_train(sub)
-    return p
 
 
 def _add_train(sub) -> None:

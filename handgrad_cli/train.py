@@ -43,10 +43,6 @@ def add_parser(sub) -> None:
         help="train the MLP on hand gradients (and autodiff); write "
         "training.json/.md and loss_curves.png",
     )
-
-    def per_dataset(key: str) -> str:
-        return ", ".join(f"{k} {v[key]:g}" for k, v in DEFAULTS.items())
-
     t.add_argument(
         "--model",
         choices=["mlp", "attention"],
@@ -70,6 +66,14 @@ def add_parser(sub) -> None:
         help="spiral, digits (needs scikit-learn) or PATH.npz with X (N, D) and integer "
         "labels y (N,) (default spiral)",
     )
+    _add_hyperparameters(t)
+    _add_run_options(t)
+
+
+def _add_hyperparameters(t) -> None:
+    def per_dataset(key: str) -> str:
+        return ", ".join(f"{k} {v[key]:g}" for k, v in DEFAULTS.items())
+
     t.add_argument("--hidden", type=int, help=f"hidden units H (default: {per_dataset('hidden')})")
     t.add_argument("--epochs", type=int, help=f"epochs (default: {per_dataset('epochs')})")
     t.add_argument(
@@ -83,6 +87,9 @@ def add_parser(sub) -> None:
         "--lr-decay", type=float, default=1.0, help="lr *= this after each epoch (default 1.0)"
     )
     t.add_argument("--reg", type=float, help=f"L2 weight on W1, W2 (default: {per_dataset('reg')})")
+
+
+def _add_run_options(t) -> None:
     t.add_argument(
         "--grad",
         dest="gradients",
@@ -122,36 +129,74 @@ def _bad_usage(message: str) -> int:
     return 2
 
 
-def run(args) -> int:
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    if args.devices > 1 and hasattr(jax.config, "jax_num_cpu_devices"):
-        # on a CPU-only machine, let the host stand in for N devices (before first use)
-        try:
-            jax.config.update("jax_num_cpu_devices", args.devices)
-        except RuntimeError:  # backend already initialised: keep what it has
-            pass
-    from handgrad.datasets import load
-
+def _hyperparameters(args) -> tuple[dict, str | None]:
+    """(the hyperparameters: given, else the model's and dataset's defaults), or a usage
+    problem."""
     kind = args.dataset if args.dataset in ("spiral", "digits") else "npz"
     defaults = ATTENTION_DEFAULTS if args.model == "attention" else DEFAULTS[kind]
     hp = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     if args.tokens < 1:
-        return _bad_usage(f"--tokens must be >= 1; got {args.tokens}")
+        return hp, f"--tokens must be >= 1; got {args.tokens}"
     for k in ("hidden", "epochs", "batch_size"):
         if hp[k] < 1:
-            return _bad_usage(f"--{k.replace('_', '-')} must be >= 1; got {hp[k]}")
+            return hp, f"--{k.replace('_', '-')} must be >= 1; got {hp[k]}"
     if args.devices < 1:
-        return _bad_usage(f"--devices must be >= 1; got {args.devices}")
+        return hp, f"--devices must be >= 1; got {args.devices}"
+    return hp, None
+
+
+def _out_dir(args) -> str:
+    suffix = ("_attention" if args.model == "attention" else "") + (
+        "_float64" if args.dtype == "float64" else ""
+    )
+    return args.out or f"reports/{_dataset_name(args.dataset)}{suffix}"
+
+
+def _use_devices(n: int) -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if n > 1 and hasattr(jax.config, "jax_num_cpu_devices"):
+        # on a CPU-only machine, let the host stand in for N devices (before first use)
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:  # backend already initialised: keep what it has
+            pass
+
+
+def _write(report: dict, out: str, as_json: bool) -> int:
+    from handgrad_cli.main import has_plots
+    from jax_ref.report import to_json, write_files
+
+    text = to_json(report)
+    files = {
+        "training.json": text,
+        "training.md": training_markdown(report),
+        "loss_curves.png": lambda path: plot_training(report, path),
+    }
+    if not has_plots("handgrad train"):
+        del files["loss_curves.png"]
+    written = write_files(out, files)
+    if as_json:
+        sys.stdout.write(text)
+    else:
+        _print_summary(report)
+        print("wrote " + ", ".join(str(w) for w in written))
+    return 0 if report["agreement"]["passed"] else 1
+
+
+def run(args) -> int:
+    """`handgrad train`: exit 0 when the runs agree, 1 when not, 2 on bad usage."""
     from handgrad_cli.main import out_dir_problem
 
-    out = args.out or f"reports/{_dataset_name(args.dataset)}" + (
-        "_attention" if args.model == "attention" else ""
-    ) + ("_float64" if args.dtype == "float64" else "")
-    problem = out_dir_problem(out)
+    _use_devices(args.devices)
+    hp, problem = _hyperparameters(args)
+    out = _out_dir(args)
+    problem = problem or out_dir_problem(out)
     if problem:
         return _bad_usage(problem)
+    from handgrad.datasets import load
+
     try:
         ds = load(args.dataset, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
@@ -163,33 +208,93 @@ def run(args) -> int:
         report = train_report(ds, hp, args)
     except ValueError as e:
         return _bad_usage(str(e))
-    from jax_ref.report import to_json, write_files
+    return _write(report, out, args.json)
 
-    text = to_json(report)
-    files = {
-        "training.json": text,
-        "training.md": training_markdown(report),
-        "loss_curves.png": lambda path: plot_training(report, path),
+
+def _model(args, name, X, C, hidden, dtype, init_key):
+    """(the handgrad.train model, its initial parameters, the referee's gradient)."""
+    import handgrad as hg
+
+    if args.model != "attention":
+        import jax_ref
+        from handgrad.train import MLP
+
+        return MLP, hg.init_params(init_key, X.shape[1], hidden, C, dtype=dtype), jax_ref.mlp_grads
+    from handgrad.attn_model import init_attention_params
+    from handgrad.train import ATTENTION
+    from jax_ref.derivations.attn import attention_classifier_grads
+
+    T = args.tokens
+    if X.shape[1] % T:
+        raise ValueError(
+            f"--tokens {T} must divide the {X.shape[1]} features of {name} "
+            "(each example is T tokens of D/T features)"
+        )
+    params = init_attention_params(init_key, T, X.shape[1] // T, hidden, C, dtype=dtype)
+    return ATTENTION, params, attention_classifier_grads
+
+
+def _config(hp, args, X, X_test, C) -> dict:
+    return {
+        **hp,
+        "lr_decay": args.lr_decay,
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "grad": args.gradients,
+        "model": args.model,
+        "tokens": args.tokens if args.model == "attention" else None,
+        "N": int(X.shape[0]),
+        "D": int(X.shape[1]),
+        "C": C,
+        "N_test": None if X_test is None else int(X_test.shape[0]),
     }
-    from handgrad_cli.main import has_plots
 
-    if not has_plots("handgrad train"):
-        del files["loss_curves.png"]
-    written = write_files(out, files)
-    if args.json:
-        sys.stdout.write(text)
-        return 0 if report["agreement"]["passed"] else 1
-    _print_summary(report)
-    print("wrote " + ", ".join(str(w) for w in written))
-    return 0 if report["agreement"]["passed"] else 1
+
+def _run_summary(h) -> dict:
+    return {
+        "loss": h.loss,
+        "train_accuracy": h.train_accuracy[-1],
+        "train_accuracy_per_epoch": h.train_accuracy,
+        "test_accuracy": h.test_accuracy,
+        "seconds": round(h.seconds, 3),
+    }
+
+
+def _moved(params, rel, seed):
+    """`params` with each leaf scaled by 1 ± rel (random signs): the control's start."""
+    import jax
+
+    leaves, tree = jax.tree.flatten(params)
+    signs = jax.random.rademacher(jax.random.PRNGKey(seed + 1), (len(leaves),))
+    return jax.tree.unflatten(
+        tree, [p * (1 + rel * s).astype(p.dtype) for p, s in zip(leaves, signs)]
+    )
+
+
+def _agreement(report: dict, dtype_name: str) -> dict:
+    """(a) every step's gradients within the dtype's limit, (c) accuracies within a point."""
+    runs = report["runs"]
+    acc = [
+        (r["test_accuracy"] if r["test_accuracy"] is not None else r["train_accuracy"])
+        for r in (runs["hand"], runs["autodiff"])
+    ]
+    limit = STEP_AGREEMENT[dtype_name]
+    agreement = {
+        "step_grad_limit": limit,
+        "step_grads_agree": limit is None or report["max_step_grad_diff"] <= limit,
+        "accuracy_gap": abs(acc[0] - acc[1]),
+        "accuracies_agree": abs(acc[0] - acc[1]) <= 0.01,
+    }
+    agreement["passed"] = agreement["step_grads_agree"] and agreement["accuracies_agree"]
+    return agreement
 
 
 def train_report(ds, hp: dict, args) -> dict:
+    """Train as `args` say and return training.json's content: the runs, and with
+    `--grad both` the comparison (a), (b), (c) of the module docstring."""
     import jax
     import jax.numpy as jnp
 
-    import handgrad as hg
-    import jax_ref
     from handgrad.train import TrainConfig, fit
 
     dtype = {"float32": np.float32, "float64": np.float64}[args.dtype]
@@ -198,26 +303,8 @@ def train_report(ds, hp: dict, args) -> dict:
     cfg = TrainConfig(
         hp["epochs"], hp["batch_size"], hp["lr"], hp["momentum"], args.lr_decay, hp["reg"]
     )
-    key = jax.random.PRNGKey(args.seed)
-    init_key, data_key = jax.random.split(key)
-    if args.model == "attention":
-        from handgrad.attn_model import init_attention_params
-        from handgrad.train import ATTENTION as model
-        from jax_ref.derivations.attn import attention_classifier_grads as autodiff_grads
-
-        T = args.tokens
-        if X.shape[1] % T:
-            raise ValueError(
-                f"--tokens {T} must divide the {X.shape[1]} features of {ds.name} "
-                "(each example is T tokens of D/T features)"
-            )
-        params = init_attention_params(init_key, T, X.shape[1] // T, hp["hidden"], C, dtype=dtype)
-    else:
-        from handgrad.train import MLP as model
-
-        autodiff_grads = jax_ref.mlp_grads
-        params = hg.init_params(init_key, X.shape[1], hp["hidden"], C, dtype=dtype)
-    hand_grads = model.grads
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(args.seed))
+    model, params, autodiff_grads = _model(args, ds.name, X, C, hp["hidden"], dtype, init_key)
     common = dict(X_test=X_test, y_test=ds.y_test, devices=args.devices, model=model)
 
     def run_one(label, grad_fn, p0, **kw):
@@ -227,74 +314,34 @@ def train_report(ds, hp: dict, args) -> dict:
         finally:
             bar.close()
 
-    both = args.gradients == "both"
-    runs, hist = {}, {}
+    both, hist = args.gradients == "both", {}
     if args.gradients in ("hand", "both"):
-        hist["hand"] = run_one("hand", hand_grads, params, snapshots=both)
+        hist["hand"] = run_one("hand", model.grads, params, snapshots=both)
     if args.gradients in ("autodiff", "both"):
+        probe = model.grads if both else None
         hist["autodiff"] = run_one(
-            "autodiff",
-            autodiff_grads,
-            params,
-            snapshots=both,
-            probe_fn=hand_grads if both else None,
+            "autodiff", autodiff_grads, params, snapshots=both, probe_fn=probe
         )
-    for name, h in hist.items():
-        runs[name] = {
-            "loss": h.loss,
-            "train_accuracy": h.train_accuracy[-1],
-            "train_accuracy_per_epoch": h.train_accuracy,
-            "test_accuracy": h.test_accuracy,
-            "seconds": round(h.seconds, 3),
-        }
     report: dict[str, Any] = {
         "dataset": ds.name,
-        "config": {
-            **hp,
-            "lr_decay": args.lr_decay,
-            "dtype": args.dtype,
-            "seed": args.seed,
-            "grad": args.gradients,
-            "model": args.model,
-            "tokens": args.tokens if args.model == "attention" else None,
-            "N": int(X.shape[0]),
-            "D": int(X.shape[1]),
-            "C": C,
-            "N_test": None if X_test is None else int(X_test.shape[0]),
-        },
-        "runs": runs,
+        "config": _config(hp, args, X, X_test, C),
+        "runs": {name: _run_summary(h) for name, h in hist.items()},
         "max_step_grad_diff": None,
         "param_diff": None,
         "control_diff": None,
         "devices": args.devices,
     }
-    agreement: dict[str, Any] = {"passed": True}
+    agreement = {"passed": True}
     if both:
         # the control: autodiff again, from parameters moved by a relative 1e-12 (or 1 ulp)
         rel = max(1e-12, float(jnp.finfo(dtype).eps))
-        leaves, tree = jax.tree.flatten(params)
-        signs = jax.random.rademacher(jax.random.PRNGKey(args.seed + 1), (len(leaves),))
-        moved = jax.tree.unflatten(
-            tree, [p * (1 + rel * s).astype(dtype) for p, s in zip(leaves, signs)]
-        )
-        control = run_one("control", autodiff_grads, moved, snapshots=True)
+        control = run_one("control", autodiff_grads, _moved(params, rel, args.seed), snapshots=True)
         ad = hist["autodiff"].snapshots
         report["max_step_grad_diff"] = hist["autodiff"].max_grad_diff
         report["param_diff"] = _rel_norms(hist["hand"].snapshots, ad)
         report["control_diff"] = _rel_norms(control.snapshots, ad)
         report["control_perturbation"] = rel
-        acc = [
-            (r["test_accuracy"] if r["test_accuracy"] is not None else r["train_accuracy"])
-            for r in (runs["hand"], runs["autodiff"])
-        ]
-        limit = STEP_AGREEMENT[args.dtype]
-        agreement = {
-            "step_grad_limit": limit,
-            "step_grads_agree": limit is None or report["max_step_grad_diff"] <= limit,
-            "accuracy_gap": abs(acc[0] - acc[1]),
-            "accuracies_agree": abs(acc[0] - acc[1]) <= 0.01,
-        }
-        agreement["passed"] = agreement["step_grads_agree"] and agreement["accuracies_agree"]
+        agreement = _agreement(report, args.dtype)
     report["agreement"] = agreement
     return report
 

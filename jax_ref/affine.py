@@ -1,25 +1,9 @@
 """The loss along a line through one big leaf, evaluated cheaply: φ(t) = L(x + t·d_k).
 
-The finite-difference oracle evaluates the loss at a few dozen points x + t·d_k, and for a
-big leaf each evaluation redoes everything the leaf feeds: a first layer's X·W costs the
-most, yet it is linear in W. Algebra, not differentiation, lets it be done once:
-
-    X·(W + t·D_k) = X·W + t·(X·D_k),    |W + t·D_k|² = |W|² + 2t⟨W, D_k⟩ + t²|D_k|².
-
-`line_values` walks the loss's jaxpr from the leaf. Each value is a constant (not reached
-by the leaf), a polynomial in t of degree at most 2 with coefficients computed once
-(`_Poly`: c0 + t·c1[k] + t²·c2[k]) while every operation that touches it is linear in it
-(sums, reshapes, slices, gathers, products with a constant, contractions and convolutions
-with a constant side; `_LINEAR`) or multiplies two such values into degree 2 (`_BILINEAR`),
-or else point-wise: an operation that is neither (a ReLU, an exp) is deferred, and the
-deferred operations run as written, point after point, on the polynomials' values at each
-point. Nothing here calls autodiff: it is the loss itself, the same function of t in exact
-arithmetic, evaluated in another order. In float64 the reordering moves values by rounding
-only (and takes the rounding noise of the polynomial part out of the t-dependence; the
-oracle measures the noise of what it evaluates).
-
-Only float operations are taken apart; anything else (a cast to a narrower float, a custom
-rule, control flow) is deferred whole.
+`line_values` walks the loss's jaxpr from the leaf: what is polynomial in t (degree ≤ 2:
+a first layer's X·W, a |W|² penalty) is computed once, every other operation runs point
+by point on the polynomials' values. Exact algebra, not differentiation: the same
+function of t, evaluated in another order (docs/oracles.md, "The line walk").
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Properties every derivation gets from its spec, and the comparison they share.
 
-A property is a plain function `(impl, case) -> None` that raises AssertionError naming
-what broke. `impl` is a namespace of the derivation's public functions: handgrad's
-(`jax_ref.spec.implementation(d)`) or a mutant's (`implementation(d, swaps)`). The tests
-run the properties under hypothesis against handgrad; `handgrad mutants` runs them over
-the deterministic sweep against every mutant, which proves each property can fail.
-
-Generic here: `agrees` (every output equals the referee's) and `finite_differences` (every
-gradient agrees with central differences of the referee's loss). No jit-equals-eager
-property: every public function runs a jitted core, so eager is jit and such a property
-could not fail.
-A derivation's own properties (invariants, bounds) live in its spec module.
+A property is a function `(impl, case) -> None` that raises AssertionError naming what
+broke; `impl` is handgrad's functions or a mutant's (`jax_ref.spec.implementation`).
+Generic here: `agrees` (every output equals the referee's) and `finite_differences`
+(every gradient against differences of the referee's loss). No jit-equals-eager
+property: every public function runs a jitted core, so it could not fail.
 """
 
 from __future__ import annotations

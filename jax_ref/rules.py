@@ -1,14 +1,12 @@
 """The rule checks: a `jax.custom_vjp` / `custom_jvp` rule, or a hand-written backward
 (tangent) pass, reduced to the gradient oracles plus the contract checks.
 
-    results = check_vjp(f, *primals)                  # f's own rule (custom_vjp/custom_jvp)
-    results = check_vjp(f, *primals, vjp=my_bwd)      # my_bwd(*primals, ct) -> input cts
-    results = check_jvp(f, *primals, jvp=my_jvp)      # my_jvp(primals, tangents) -> (y, ẏ)
+    check_vjp(f, *primals)                  # f's own rule; vjp=my_bwd(*primals, ct) -> cts
+    check_jvp(f, *primals, jvp=my_jvp)      # my_jvp(primals, tangents) -> (y, ẏ)
 
-A VJP rule maps a random cotangent ȳ to Jᵀȳ, the gradient of ⟨ȳ, f(x)⟩: judged by autodiff
-of the *reference* (by default the undecorated primal, never the rule under test) and by
-finite differences of f alone (the dot-product test ⟨ȳ, J·u⟩ = ⟨Jᵀȳ, u⟩). A JVP rule's
-tangents are compared with the reference's JVP, and ⟨ȳ, J·u⟩ with differences of f.
+A VJP rule is the gradient of ⟨ȳ, f(x)⟩ for a random ȳ: judged by autodiff of the
+*reference* (by default the undecorated primal, never the rule) and by finite differences
+of f alone. A JVP rule's tangents against the reference's JVP and differences of f.
 """
 
 from __future__ import annotations

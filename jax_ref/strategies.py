@@ -1,17 +1,12 @@
 """Hypothesis strategies for gradient tests: the ones handgrad's own tests use.
 
-    from hypothesis import given, settings
-    from jax_ref import strategies as hs
-
     @settings(deadline=None)  # the first example of each shape compiles
-    @given(hs.mlp_cases())
+    @given(hs.mlp_cases())    # from jax_ref import strategies as hs
     def test_my_grads(case):
         jax_ref.assert_gradients(my_loss, my_grads, *case)
 
-Generic building blocks here (dtypes, seeds, sides, shapes); each derivation's own
-strategy lives in its spec (`jax_ref.derivations.<name>`), and the derivation's are re-exported
-below. Strategies draw structural knobs and a seed, then build the arrays; they shrink
-towards small shapes and mild values. Needs the `dev` extra (hypothesis).
+Generic building blocks here (dtypes, seeds, sides, shapes); each derivation's strategy
+lives in its spec and is re-exported below. Needs the `dev` extra (hypothesis).
 """
 
 from __future__ import annotations

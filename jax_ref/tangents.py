@@ -217,7 +217,7 @@ def natural_scales(fl, out, *cts) -> dict[str, float]:
     A VJP's cancelling terms round at the scale of the cotangent times the outputs'
     magnitude, not at that of the (possibly tiny) result: tanh's ȳ(1 − y²) loses
     everything to rounding at saturation, in any correct rule (measured figures:
-    docs/rule-checks.md). float64 leaves keep 0 (relative to the values): detection at
+    docs/oracles.md). float64 leaves keep 0 (relative to the values): detection at
     full power. In low precision, a rule whose result is small against max|ȳ|·max|y|
     without cancelling is judged at that scale, which `detectable_rel_err` states."""
     s = sum(max_abs(c) for c in cts) * max_abs(out)

@@ -56,7 +56,7 @@ class Leaf:
         # The first step: a big leaf usually feeds many units, and a step of H crosses
         # some unit's kink (a ReLU layer of 65,536 pre-activations crosses about five per
         # direction), which costs a closer round and power; the loss runs in float64, so
-        # 16x closer costs little in noise (W1 of the 814k MLP: docs/finite-differences.md).
+        # 16x closer costs little in noise (measured on the 814k MLP: docs/oracles.md).
         # A kink inside the stencil is looked at `closer` times closer.
         self.h0, self.closer = (stencil.H, 64) if self.n <= BIG else (stencil.H / 16, 16)
 
