@@ -290,7 +290,7 @@ def _check(args) -> int:
     except ValueError as e:
         print(f"handgrad check: error: {e}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
+    t0 = getattr(args, "started", None) or time.perf_counter()
     import os
 
     from jax_ref.derivations import REGISTRY
@@ -306,41 +306,49 @@ def _check(args) -> int:
 
 
 def _check_in_parallel(derivations, seed, dtypes, examples) -> dict:
-    """The sweep in processes, as many at once as there are cores (compiling is
-    single-threaded): each derivation's cases in two contiguous halves, the bigger tasks
-    first, so that no core waits on one long derivation; the report is the serial one's."""
-    import multiprocessing
+    """The sweep in processes, as many at once as there are cores: each derivation's
+    cases in two contiguous halves, one to each core; the report is the serial one's.
+    Tasks `run()` submitted at the program's start are collected, not submitted again."""
     import os
     import threading
-    from concurrent.futures import ProcessPoolExecutor
-
-    import jax
 
     from jax_ref.sweep import assemble, derivation_rows
 
-    global _POOL
-    cache = jax.config.jax_compilation_cache_dir
-    ctx = multiprocessing.get_context("spawn")  # a fresh JAX per process: no fork of threads
+    global _POOL, _PENDING
     parts = 2 if (os.cpu_count() or 1) > 1 else 1
-    workers = max(1, min(os.cpu_count() or 1, parts * len(derivations)))
-    pool, _POOL = _POOL or ProcessPoolExecutor(workers, mp_context=ctx), None
-    sizes = {d.name: len(d.cases(seed, dtypes=dtypes, random_cases=examples)) for d in derivations}
-    tasks = sorted(
-        ((d.name, p) for d in derivations for p in range(parts)),
-        key=lambda t: -sizes[t[0]],
-    )
+    pool, pending, _POOL, _PENDING = _POOL or _pool(parts * len(derivations)), _PENDING, None, None
     threading.Thread(target=_import_matplotlib, daemon=True).start()  # while we wait
     try:
-        futures = {
-            t: pool.submit(derivation_rows, t[0], seed, dtypes, examples, cache, t[1], parts)
-            for t in tasks
-        }
-        results = {t: f.result() for t, f in futures.items()}  # re-raises a crash
+        if pending is None:
+            import jax
+
+            cache = jax.config.jax_compilation_cache_dir
+            pending = {
+                (d.name, p): pool.submit(
+                    derivation_rows, d.name, seed, dtypes, examples, cache, p, parts
+                )
+                for d in derivations
+                for p in range(parts)
+            }
+            results = {t: f.result() for t, f in pending.items()}  # re-raises a crash
+        else:  # (module, part) -> (derivation name or None, checks, ledger)
+            done = {(m, p): f.result() for (m, p), f in pending.items()}
+            results = {(r[0], p): r[1:] for (_, p), r in done.items() if r[0] is not None}
     finally:
         _stop(pool)
     checks = [row for d in derivations for p in range(parts) for row in results[d.name, p][0]]
     ledger = [e for d in derivations for p in range(parts) for e in results[d.name, p][1]]
     return assemble(seed, derivations, checks, ledger)
+
+
+def _pool(tasks: int):
+    """Worker processes, no more than tasks or cores; spawned: a fresh JAX each."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = max(1, min(os.cpu_count() or 1, tasks))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _import_matplotlib() -> None:
@@ -509,18 +517,21 @@ def _mutants(args) -> int:
 
 def run() -> int:
     """The `handgrad` program: `main` with the compilation cache (jax_ref.runtime), the
-    sweep's workers spawned before this process imports JAX."""
+    sweep's tasks submitted before this process imports JAX."""
+    started = time.perf_counter()
     args, code = _parse(sys.argv[1:])
     if args is None:
         return code
-    _start_check_workers(args)
-    from jax_ref.runtime import default_cache_dir, use_compilation_cache
+    args.started = started
+    _start_sweep(args)
+    from jax_ref.runtime import use_compilation_cache
 
-    use_compilation_cache(default_cache_dir())
+    use_compilation_cache(cache_dir())
     return _dispatch(args)
 
 
-_POOL = None  # the sweep's worker processes, started early by _start_check_workers
+_POOL = None  # the sweep's worker processes, started early by _start_sweep
+_PENDING = None  # the sweep's tasks, submitted by _start_sweep: {(module, part): future}
 
 
 def _warm() -> None:
@@ -529,28 +540,51 @@ def _warm() -> None:
     import jax_ref.sweep  # noqa: F401
 
 
-def _start_check_workers(args) -> None:
-    """For a parallel sweep, spawn the worker processes before this one imports JAX:
-    their imports then overlap with ours instead of following them."""
-    global _POOL
+def _start_sweep(args) -> None:
+    """For a parallel sweep, spawn the workers before this process imports JAX, and, for
+    the whole registry, submit its tasks (two per spec module, found without importing
+    them): the workers compute while this process imports."""
+    global _POOL, _PENDING
     import os
     from pathlib import Path
 
-    cores = os.cpu_count() or 1
     sweep = args.command == "check" and not args.target and len(args.derivation or []) != 1
-    if not sweep or cores < 2 or (not args.verify and out_dir_problem(args.out)):
+    if not sweep or (os.cpu_count() or 1) < 2 or (not args.verify and out_dir_problem(args.out)):
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # no more workers than tasks (two per derivation): the registry's modules, counted
-    # without importing them
     spec_dir = Path(__file__).resolve().parent.parent / "jax_ref" / "derivations"
-    n = len(args.derivation or []) or len([p for p in spec_dir.glob("[!_]*.py")])
-    workers = min(cores, 2 * n) if n else cores
-    _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    for _ in range(workers):
-        _POOL.submit(_warm)
+    modules = sorted(p.stem for p in spec_dir.glob("[!_]*.py"))
+    n = len(args.derivation or []) or len(modules)
+    _POOL = _pool(2 * n)
+    if args.derivation:  # names to check first: only warm the workers up
+        for _ in range(min(os.cpu_count() or 1, 2 * n)):
+            _POOL.submit(_warm)
+        return
+    dtypes = {"float32": ("float32",), "float64": ("float64",), "all": ("float64", "float32")}
+    task = (args.seed, dtypes[args.dtype], args.examples, cache_dir())
+    _PENDING = {
+        (m, p): _POOL.submit(_module_rows, m, *task, p, 2) for m in modules for p in range(2)
+    }
+
+
+def _module_rows(*args):
+    """A worker's task: jax_ref.sweep.module_rows (imported there, not here)."""
+    from jax_ref.sweep import module_rows
+
+    return module_rows(*args)
+
+
+def cache_dir() -> str | None:
+    """Where compiled programs are kept (jax_ref.runtime.use_compilation_cache sets it
+    up): $HANDGRAD_CACHE_DIR (`off`: nowhere), else $XDG_CACHE_HOME/handgrad/xla or
+    ~/.cache/handgrad/xla."""
+    import os
+    from pathlib import Path
+
+    where = os.environ.get("HANDGRAD_CACHE_DIR")
+    if where == "off":
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return str(Path(where) if where else Path(base) / "handgrad" / "xla")
 
 
 def _parse(argv):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
 
-__all__ = ["default_cache_dir", "enable_x64", "use_compilation_cache"]
+__all__ = ["enable_x64", "use_compilation_cache"]
 
 
 def enable_x64():
@@ -17,16 +16,6 @@ def enable_x64():
     from jax.experimental import enable_x64 as older
 
     return older()
-
-
-def default_cache_dir() -> str | None:
-    """Where compiled programs are kept: $HANDGRAD_CACHE_DIR (`off`: nowhere), else
-    $XDG_CACHE_HOME/handgrad/xla or ~/.cache/handgrad/xla."""
-    where = os.environ.get("HANDGRAD_CACHE_DIR")
-    if where == "off":
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return str(Path(where) if where else Path(base) / "handgrad" / "xla")
 
 
 def use_compilation_cache(path: str | None) -> str | None:

@@ -21,7 +21,7 @@ from jax_ref.spec import Derivation, implementation
 from jax_ref.tolerances import budget
 from jax_ref.verdict import CheckResult
 
-__all__ = ["assemble", "check_derivation", "derivation_rows", "run_check"]
+__all__ = ["assemble", "check_derivation", "derivation_rows", "module_rows", "run_check"]
 
 ORACLE = "referee"  # the shipped derivations' independent spec
 
@@ -30,7 +30,13 @@ def _row(d: Derivation, function: str, case: str, r: CheckResult) -> dict[str, A
     return {"derivation": d.name, "function": function, "case": case, **r.to_dict()}
 
 
-@functools.partial(jax.jit, static_argnums=0)
+# The sweep's programs run once, on small cases: compiled for speed of compiling (LLVM's
+# optimisation level 0 takes ~20% off the cold sweep, docs/architecture.md); IEEE results
+# are the same at every level (no fast-math), and the verdicts with them.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
 def _both(d: Derivation, case):
     """Every output of `d`, hand and referee, in one compilation per (shape, dtype)."""
     hand = implementation(d)
@@ -140,6 +146,21 @@ def derivation_rows(
     for case, tag in cases[lo:hi]:
         checks += check_derivation(d, case, tag)
     return checks, [e.to_dict() for e in run_ledger(seed, [d])] if part == 0 else []
+
+
+def module_rows(module: str, seed: int, dtype_names, examples: int, cache_dir, part, parts):
+    """`derivation_rows` of the derivation a spec module (jax_ref/derivations/MODULE.py)
+    declares, as (its name, check rows, ledger entries), or (None, [], []) for a module
+    that declares none: what `handgrad check` submits
+    before it has imported the registry itself."""
+    import importlib
+
+    spec = getattr(importlib.import_module(f"jax_ref.derivations.{module}"), "DERIVATION", None)
+    if spec is None:  # a helper module of the specs, not a derivation
+        return None, [], []
+    name = spec.name
+    dtypes = tuple(np.dtype(n).type for n in dtype_names)
+    return (name, *derivation_rows(name, seed, dtypes, examples, cache_dir, part, parts))
 
 
 def assemble(seed: int, derivations, checks: list[dict], ledger: list[dict]) -> dict:

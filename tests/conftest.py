@@ -12,7 +12,8 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
-from jax_ref.runtime import default_cache_dir, use_compilation_cache
+from handgrad_cli.main import cache_dir
+from jax_ref.runtime import use_compilation_cache
 
 jax.config.update("jax_enable_x64", True)
 
@@ -20,7 +21,7 @@ jax.config.update("jax_enable_x64", True)
 # XLA's compiled programs kept between test runs, in the cache the `handgrad` command uses
 # ($HANDGRAD_CACHE_DIR, else ~/.cache/handgrad/xla; `off` turns it off): the edit-test loop
 # recompiles only what changed (measured on 2 cores: ~95 s the first time, ~30 s warm).
-use_compilation_cache(default_cache_dir())
+use_compilation_cache(cache_dir())
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 settings.register_profile("default", max_examples=3, **_common)
