@@ -228,3 +228,21 @@ def test_check_over_processes_writes_the_serial_report(tmp_path):
 
     serial = run_check(dtypes=(np.float64,), examples=0, derivations=[get(n) for n in names])
     assert json.loads(json.dumps(serial, default=float)) == parallel
+
+
+def test_the_program_parses_its_arguments_once():
+    """`handgrad --help` and a usage error print once (they printed twice when the sweep's
+    worker start-up parsed the arguments a second time)."""
+    import subprocess
+    import sys
+
+    def program(*argv):
+        code = "import sys; from handgrad_cli import run; sys.argv[1:] = %r; sys.exit(run())"
+        return subprocess.run(
+            [sys.executable, "-c", code % (list(argv),)], capture_output=True, text=True
+        )
+
+    helped = program("--help")
+    assert helped.returncode == 0 and helped.stdout.count("usage: handgrad") == 1, helped.stdout
+    bad = program("check", "--dtype", "float16")
+    assert bad.returncode == 2 and bad.stderr.count("usage: handgrad") == 1, bad.stderr
