@@ -41,6 +41,7 @@ __all__ = [
     "autodiff_or_inconclusive",
     "composed_check",
     "jit_vjp",
+    "join",
     "no_reference",
     "primal_vjp",
     "same_tree",

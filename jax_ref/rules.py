@@ -69,6 +69,19 @@ __all__ = [
     "check_vjp",
 ]
 
+# moved to jax_ref.declared; still importable from here (loaded on first use: declared
+# imports this module)
+_MOVED = {"RuleCheck", "load_checks", "run_rule_checks"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        from jax_ref import declared
+
+        return getattr(declared, name)
+    raise AttributeError(f"module 'jax_ref.rules' has no attribute {name!r}")
+
+
 RULE_ORACLES = ("autodiff", "finite_difference")
 JVP_CONTRACTS = ("primal", "structure", "jit", "vmap", "composed")
 _SELF_REFERENCE = "no reference: autodiff of f would be the rule under test itself"
@@ -418,6 +431,12 @@ def _jvp_jit(rule, inputs, U, t0) -> list[CheckResult]:
     return same_tree("tangents", "jit", jt, t0, "jax.jit(rule) against the rule run eagerly")
 
 
+def _structure_result(problems) -> CheckResult:
+    if problems:
+        return failed_check("tangents", "structure", "; ".join(problems))
+    return passed_check("tangents", "structure", "tree, shapes and dtypes match the output's")
+
+
 def check_jvp(
     f: Callable[..., Any],
     *primals: Any,
@@ -442,7 +461,10 @@ def check_jvp(
     rng = np.random.default_rng(seed)
     ref, ref_why = _reference_for(f, jvp is not None, reference)
     rule = _rule_from_jvp(f, jvp)
-    out = f(*primals)
+    try:
+        out = f(*primals)
+    except Exception as e:  # the user's function raised: theirs, named
+        raise ValueError(f"f(*primals) raised {error_text(e)}") from e
     ct = random_like(rng, out)
     fl = inputs.floats()
     U = {
@@ -456,13 +478,9 @@ def check_jvp(
     results = _jvp_primal(f, ref, primals, y0, out) if "primal" in contracts else []
     problems = _tangent_problems(out, t0)
     if "structure" in contracts:
-        results.append(
-            failed_check("tangents", "structure", "; ".join(problems))
-            if problems
-            else passed_check("tangents", "structure", "tree, shapes and dtypes match the output's")
-        )
+        results.append(_structure_result(problems))
     if any("shape" in p or "tree" in p for p in problems):
-        return results
+        return results  # nothing to compare the tangents with
     if "autodiff" in oracles:
         if ref is None:
             results += no_reference(inputs, "autodiff", _SELF_REFERENCE)

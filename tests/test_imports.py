@@ -17,6 +17,7 @@ CHECKER = {
     "__init__",
     "affine",
     "autodiff",
+    "check",  # an alias of the gradient checks' former module
     "contracts",
     "declared",
     "finite_difference",
@@ -139,3 +140,13 @@ def test_import_jax_ref_loads_no_derivation_and_no_handgrad():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["[]", "[]", "True"], out.stdout
+
+
+def test_names_that_moved_are_still_importable_from_their_old_modules():
+    import jax_ref
+    from jax_ref.check import CheckResult, assert_gradients, check_gradients, enable_x64
+    from jax_ref.rules import RuleCheck, load_checks, run_rule_checks
+
+    assert check_gradients is jax_ref.check_gradients and RuleCheck is jax_ref.RuleCheck
+    assert CheckResult is jax_ref.CheckResult and callable(enable_x64)
+    assert all(map(callable, (assert_gradients, load_checks, run_rule_checks)))
