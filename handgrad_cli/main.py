@@ -212,11 +212,12 @@ def verify_report(report: dict, committed: dict) -> list[str]:
 
 
 def _load_committed(path: str) -> dict:
-    import json
     from pathlib import Path
 
+    from jax_ref.report import from_json
+
     try:
-        committed = json.loads(Path(path).read_text())
+        committed = from_json(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"--verify {path}: cannot read a gradcheck.json ({e})") from e
     if not isinstance(committed, dict) or not {"checks", "ledger"} <= set(committed):
@@ -236,6 +237,9 @@ def _verify(args, report) -> int:
         f"REPRODUCED: {n} checks and {len(report['ledger'])} ledger steps match {args.verify} "
         "(same verdicts; every error within a factor 4, or under 1e-3 of its tolerance)"
     )
+    if not report["passed"]:  # reproduced, and what it reproduces is a failure
+        print("FAILED: the reproduced report does not pass (see its failed or unjudged checks)")
+        return 1
     return 0
 
 

@@ -15,10 +15,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from jax_ref.verdict import verdict
 
 __all__ = [
     "assemble_report",
+    "from_json",
     "gradcheck_markdown",
     "mutants_markdown",
     "plot_gradcheck",
@@ -99,8 +102,54 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _strict(x):
+    """`x` with every non-finite float replaced by null, and each dict holding one given a
+    `nonfinite` entry saying which field was which ("inf", "-inf", "nan")."""
+    if hasattr(x, "item") and not hasattr(x, "__len__"):  # a numpy scalar
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        out = {k: _strict(v) for k, v in x.items()}
+        odd = {k: _which(v) for k, v in x.items() if _which(v) is not None}
+        return {**out, "nonfinite": odd} if odd else out
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
+
+
+def _which(v):
+    """ "inf", "-inf" or "nan" for a non-finite number; for a list of numbers with one, the
+    list of those (None where finite); else None."""
+    if isinstance(v, (float, np.floating)):
+        return None if math.isfinite(float(v)) else repr(float(v))
+    if isinstance(v, (list, tuple)) and any(_which(e) for e in v if not isinstance(e, list)):
+        return [_which(e) if not isinstance(e, list) else None for e in v]
+    return None
+
+
 def to_json(data) -> str:
-    return json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n"
+    """Strict JSON (no NaN or Infinity: `JSON.parse` and every parser accept it), keys in
+    their order, one space of indent; `from_json` reads it back exactly."""
+    return json.dumps(_strict(data), indent=1, default=_json_default, allow_nan=False) + "\n"
+
+
+def from_json(text: str):
+    """A report written by `to_json`, its non-finite values restored."""
+
+    def restore(d):
+        odd = d.pop("nonfinite", None)
+        for k, v in (odd or {}).items():
+            if isinstance(v, list):
+                d[k] = [_NONFINITE[w] if w else x for x, w in zip(d[k], v)]
+            elif v in _NONFINITE:
+                d[k] = _NONFINITE[v]
+        return d
+
+    return json.loads(text, object_hook=restore)
 
 
 def write_files(out_dir: str | os.PathLike, files: dict[str, str | bytes | Callable]) -> list[Path]:

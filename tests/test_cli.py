@@ -21,13 +21,13 @@ def test_help_and_bad_usage(capsys):
 def test_check_writes_deterministic_reports(tmp_path):
     """Same report, same bytes: rendering is a pure function of the report (no time, no
     hash order), so two renderings of one run must match byte for byte."""
-    from jax_ref.report import gradcheck_markdown, plot_gradcheck, to_json
+    from jax_ref.report import from_json, gradcheck_markdown, plot_gradcheck, to_json
 
     a = tmp_path / "a"
     # float64: no precision budget, so no float64 golden compiled beside the float32 case
     quick = ["check", "--derivation", "sigmoid_bce", "--dtype", "float64", "--examples", "0"]
     assert main([*quick, "--out", str(a)]) == 0
-    again = json.loads((a / "gradcheck.json").read_text())
+    again = from_json((a / "gradcheck.json").read_text())
     assert to_json(again) == (a / "gradcheck.json").read_text()
     assert gradcheck_markdown(again) == (a / "gradcheck.md").read_text()
     plot_gradcheck(again, tmp_path / "again.png")
@@ -105,6 +105,10 @@ def test_check_exits_1_when_a_check_fails(tmp_path, monkeypatch):
     # one derivation: the serial path (several run in worker processes)
     assert main(["check", "--derivation", "mlp", "--out", str(tmp_path)]) == 1
     assert "FAIL" in (tmp_path / "gradcheck.md").read_text()
+    # --verify of a report with a failure reproduces it, and still exits 1: a failure
+    # reproduced is a failure
+    verify = ["check", "--derivation", "mlp", "--verify", str(tmp_path / "gradcheck.json")]
+    assert main(verify) == 1
 
 
 def test_reports_are_written_atomically(tmp_path, monkeypatch):
@@ -223,11 +227,12 @@ def test_check_over_processes_writes_the_serial_report(tmp_path):
     for n in names:
         argv += ["--derivation", n]
     assert main(argv) == 0
-    parallel = json.loads((tmp_path / "gradcheck.json").read_text())
     import numpy as np
 
+    from jax_ref.report import to_json
+
     serial = run_check(dtypes=(np.float64,), examples=0, derivations=[get(n) for n in names])
-    assert json.loads(json.dumps(serial, default=float)) == parallel
+    assert to_json(serial) == (tmp_path / "gradcheck.json").read_text()
 
 
 def test_the_program_parses_its_arguments_once():

@@ -72,3 +72,38 @@ def test_a_benchmark_section_is_replaced_and_the_others_kept():
     assert replace_section(added, "<!-- b -->", "<!-- b -->\n\nB2\n").endswith(
         "<!-- b -->\n\nB2\n\n<!-- c -->\n\nC\n"
     )
+
+
+def _refuse(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(ROOT.glob("reports/**/*.json")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_committed_reports_are_strict_json(path):
+    """NaN and Infinity are not JSON (`JSON.parse` rejects them): null and a reason."""
+    import json
+
+    json.loads(path.read_text(), parse_constant=_refuse)
+
+
+def test_non_finite_values_are_null_with_a_reason_and_read_back_exactly():
+    import json
+    import math
+
+    from jax_ref.report import from_json, to_json
+
+    data = {"rows": [{"err": math.inf, "got": math.nan, "ok": 1.0}], "curve": [0.5, -math.inf]}
+    text = to_json(data)
+    strict = json.loads(text, parse_constant=_refuse)
+    assert strict["rows"][0] == {
+        "err": None,
+        "got": None,
+        "ok": 1.0,
+        "nonfinite": {"err": "inf", "got": "nan"},
+    }
+    assert strict["curve"] == [0.5, None] and strict["nonfinite"] == {"curve": [None, "-inf"]}
+    back = from_json(text)
+    assert back["rows"][0]["err"] == math.inf and math.isnan(back["rows"][0]["got"])
+    assert back["curve"] == [0.5, -math.inf] and to_json(back) == text
