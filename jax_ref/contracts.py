@@ -29,23 +29,34 @@ from jax_ref.tangents import (
     full_cotangent,
     natural_scales,
     normalise_cts,
+    output_names,
     pair,
     random_like,
     tangent_tuple,
 )
 from jax_ref.tolerances import tolerance
 from jax_ref.trees import error_text, is_float, leaf_name, max_abs, rms
-from jax_ref.verdict import CheckResult, compare, failed_check, inconclusive_check
+from jax_ref.verdict import (
+    CheckResult,
+    compare,
+    failed_check,
+    inconclusive_check,
+    passed_check,
+)
 
 __all__ = [
     "autodiff_or_inconclusive",
     "composed_check",
+    "jit_jvp",
     "jit_vjp",
     "join",
     "no_reference",
+    "primal_jvp",
     "primal_vjp",
     "same_tree",
     "second_order",
+    "tangent_problems",
+    "tangent_structure",
     "vmap_jvp",
     "vmap_vjp",
 ]
@@ -184,6 +195,57 @@ def vmap_vjp(rule, inputs, out, rng) -> list[CheckResult]:
         dt = jnp.result_type(inputs.leaves[i])
         res.append(compare(n, "vmap", bcts[j], want, dt, tolerance(dt), note=note))
     return res
+
+
+def tangent_problems(out, t0) -> list[str]:
+    """What is wrong with the output tangents' tree, shapes and dtypes."""
+    try:
+        flat_t = jax.tree.structure(out).flatten_up_to(t0)
+    except (ValueError, TypeError):
+        return [
+            f"tangent tree {jax.tree.structure(t0)}, want the output's {jax.tree.structure(out)}"
+        ]
+    problems = []
+    for nm, o, t in zip(output_names(out), jax.tree.leaves(out), flat_t):
+        if not is_float(o):
+            continue
+        if t is None or np.shape(t) != np.shape(o):
+            shape = None if t is None else np.shape(t)
+            problems.append(f"{nm}: tangent shape {shape}, want {np.shape(o)}")
+        elif jnp.result_type(t) != jnp.result_type(o):
+            problems.append(f"{nm}: tangent dtype {jnp.result_type(t)}, want {jnp.result_type(o)}")
+    return problems
+
+
+def primal_jvp(f, ref, primals, y0, out) -> list[CheckResult]:
+    """The JVP rule's primal output against f's, and f's against the reference's."""
+    results = same_tree("output", "primal", y0, out, "the rule's primal output against f(*primals)")
+    if ref is not None and ref is not f:
+        try:
+            results += same_tree("output", "primal", out, ref(*primals), "f against the reference")
+        except Exception as e:
+            results.append(
+                failed_check("output", "primal", f"the reference raised {error_text(e)}")
+            )
+    return results
+
+
+def jit_jvp(rule, inputs, U, t0) -> list[CheckResult]:
+    """jax.jit of a JVP rule against the rule run eagerly."""
+    n0 = inputs.fnames[0]
+    try:
+        _, jt = jax.jit(rule)(inputs.primals, tangent_tuple(inputs, n0, U[n0][0]))
+    except Exception as e:
+        why = f"the rule raised under jax.jit: {error_text(e)}"
+        return [failed_check("tangents", "jit", why)]
+    return same_tree("tangents", "jit", jt, t0, "jax.jit(rule) against the rule run eagerly")
+
+
+def tangent_structure(problems) -> CheckResult:
+    """The structure check of a JVP rule's tangents, from `tangent_problems`."""
+    if problems:
+        return failed_check("tangents", "structure", "; ".join(problems))
+    return passed_check("tangents", "structure", "tree, shapes and dtypes match the output's")
 
 
 def vmap_jvp(rule, inputs, rng) -> list[CheckResult]:

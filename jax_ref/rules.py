@@ -24,12 +24,15 @@ from jax_ref.autodiff import golden_value, judge
 from jax_ref.contracts import (
     autodiff_or_inconclusive,
     composed_check,
+    jit_jvp,
     jit_vjp,
     join,
     no_reference,
+    primal_jvp,
     primal_vjp,
-    same_tree,
     second_order,
+    tangent_problems,
+    tangent_structure,
     vmap_jvp,
     vmap_vjp,
 )
@@ -42,7 +45,6 @@ from jax_ref.tangents import (
     fill_cotangent,
     natural_scales,
     normalise_cts,
-    output_names,
     pair,
     pairing_loss,
     random_like,
@@ -304,26 +306,6 @@ def _flat_float(out, t) -> list[np.ndarray]:
     ]
 
 
-def _tangent_problems(out, t0) -> list[str]:
-    """What is wrong with the output tangents' tree, shapes and dtypes."""
-    try:
-        flat_t = jax.tree.structure(out).flatten_up_to(t0)
-    except (ValueError, TypeError):
-        return [
-            f"tangent tree {jax.tree.structure(t0)}, want the output's {jax.tree.structure(out)}"
-        ]
-    problems = []
-    for nm, o, t in zip(output_names(out), jax.tree.leaves(out), flat_t):
-        if not is_float(o):
-            continue
-        if t is None or np.shape(t) != np.shape(o):
-            shape = None if t is None else np.shape(t)
-            problems.append(f"{nm}: tangent shape {shape}, want {np.shape(o)}")
-        elif jnp.result_type(t) != jnp.result_type(o):
-            problems.append(f"{nm}: tangent dtype {jnp.result_type(t)}, want {jnp.result_type(o)}")
-    return problems
-
-
 def _jvp_autodiff(ref, ref_why, inputs, U, hand_t, out) -> list[CheckResult]:
     """Each input leaf's output tangents against the reference's JVP along the same u."""
     fl, res = inputs.floats(), []
@@ -409,34 +391,6 @@ def _jvp_finite_differences(f, inputs, U, hand_t, ct, out, seed, max_tries):
     ]
 
 
-def _jvp_primal(f, ref, primals, y0, out) -> list[CheckResult]:
-    results = same_tree("output", "primal", y0, out, "the rule's primal output against f(*primals)")
-    if ref is not None and ref is not f:
-        try:
-            results += same_tree("output", "primal", out, ref(*primals), "f against the reference")
-        except Exception as e:
-            results.append(
-                failed_check("output", "primal", f"the reference raised {error_text(e)}")
-            )
-    return results
-
-
-def _jvp_jit(rule, inputs, U, t0) -> list[CheckResult]:
-    n0 = inputs.fnames[0]
-    try:
-        _, jt = jax.jit(rule)(inputs.primals, tangent_tuple(inputs, n0, U[n0][0]))
-    except Exception as e:
-        why = f"the rule raised under jax.jit: {error_text(e)}"
-        return [failed_check("tangents", "jit", why)]
-    return same_tree("tangents", "jit", jt, t0, "jax.jit(rule) against the rule run eagerly")
-
-
-def _structure_result(problems) -> CheckResult:
-    if problems:
-        return failed_check("tangents", "structure", "; ".join(problems))
-    return passed_check("tangents", "structure", "tree, shapes and dtypes match the output's")
-
-
 def check_jvp(
     f: Callable[..., Any],
     *primals: Any,
@@ -475,10 +429,10 @@ def check_jvp(
     if raised is not None:
         return [raised]
     y0, t0 = hand_t[inputs.fnames[0]][0]
-    results = _jvp_primal(f, ref, primals, y0, out) if "primal" in contracts else []
-    problems = _tangent_problems(out, t0)
+    results = primal_jvp(f, ref, primals, y0, out) if "primal" in contracts else []
+    problems = tangent_problems(out, t0)
     if "structure" in contracts:
-        results.append(_structure_result(problems))
+        results.append(tangent_structure(problems))
     if any("shape" in p or "tree" in p for p in problems):
         return results  # nothing to compare the tangents with
     if "autodiff" in oracles:
@@ -489,7 +443,7 @@ def check_jvp(
     if "finite_difference" in oracles:
         results += _jvp_finite_differences(f, inputs, U, hand_t, ct, out, seed, max_tries)
     if "jit" in contracts:
-        results += _jvp_jit(rule, inputs, U, t0)
+        results += jit_jvp(rule, inputs, U, t0)
     if "vmap" in contracts:
         results += vmap_jvp(rule, inputs, rng)
     if "composed" in contracts:
