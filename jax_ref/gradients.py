@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jax_ref.autodiff import autodiff_results
@@ -40,11 +41,28 @@ def _check_tree(grads, params) -> None:
             f"grad_fn must return a pytree shaped like params;\n  params: {want}\n  grads:  {got}"
         )
     for (path, p), g in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(grads)):
+        _check_dtype("params" + ("." + leaf_name(path) if path else ""), p)
         if np.shape(g) != np.shape(p):
             raise ValueError(
                 f"grad_fn's gradient for {leaf_name(path)} must have the parameter's shape "
                 f"{np.shape(p)}; got {np.shape(g)}"
             )
+
+
+def _check_dtype(name: str, p) -> None:
+    """A ValueError for a parameter the checks cannot differentiate: never skipped."""
+    dt = jnp.result_type(p)
+    if jnp.issubdtype(dt, jnp.complexfloating):
+        raise ValueError(
+            f"{name} is {jnp.dtype(dt).name}: complex parameters are not checked (jax.grad of "
+            "a real loss of z = x + iy returns dL/dx - i dL/dy); pass the real and imaginary "
+            "parts as two float leaves"
+        )
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(
+            f"{name} is {jnp.dtype(dt).name}: an integer or boolean parameter has no gradient; "
+            "pass it among args instead"
+        )
 
 
 def check_gradients(

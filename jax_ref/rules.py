@@ -118,6 +118,12 @@ def _validate(kind, f, rule, primals, oracles, contracts, known_contracts) -> In
             f"known {RULE_ORACLES + known_contracts}"
         )
     inputs = Inputs(f, primals)
+    for name, x in zip(inputs.names, inputs.leaves):
+        if jnp.iscomplexobj(x):
+            raise ValueError(
+                f"input {name} is {jnp.result_type(x).name}: complex inputs are not checked; "
+                "pass the real and imaginary parts as two float inputs"
+            )
     if not inputs.fidx:
         raise ValueError(f"check_{kind}: no floating-point input to differentiate")
     return inputs

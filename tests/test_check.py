@@ -281,3 +281,26 @@ def test_a_pass_needs_an_allowance_below_the_slope(monkeypatch):
     for g in ({"x": jnp.cos(x)}, {"x": jnp.zeros_like(x)}):
         (r,) = jr.check_gradients(loss, lambda p, g=g: g, {"x": x}, oracles=("finite_difference",))
         assert r.status == "inconclusive" and "as large as the slope" in r.note, r.describe()
+
+
+def test_complex_and_integer_parameters_are_refused_by_name():
+    """A complex leaf was skipped without a word (a 123x wrong gradient checked nothing);
+    an integer leaf raised JAX's own TypeError from inside the checker."""
+
+    def loss(p):
+        return jnp.sum(jnp.abs(p["z"]) ** 2) + jnp.sum(p["w"] ** 2)
+
+    z = jnp.array([1.0 + 2.0j, -0.5j])
+    with pytest.raises(ValueError, match=r"params\.z is complex64|params\.z is complex128"):
+        jr.check_gradients(
+            loss, lambda p: {"z": 123 * p["z"], "w": 2 * p["w"]}, {"z": z, "w": P["w"]}
+        )
+    with pytest.raises(ValueError, match=r"params\.n is int"):
+        jr.check_gradients(
+            lambda p: jnp.sum(p["w"] ** 2) * p["n"], lambda p: p, {"w": P["w"], "n": jnp.array(3)}
+        )
+
+
+def test_a_complex_rule_input_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"input z is complex"):
+        jr.check_vjp(lambda z: jnp.abs(z) ** 2, jnp.array([1.0 + 1.0j]))

@@ -162,6 +162,17 @@ def test_train_command_writes_the_report(tmp_path, capsys):
     assert report["max_step_grad_diff"] <= 1e-10
     assert (out / "loss_curves.png").stat().st_size > 1000
     assert "Hand vs autodiff: ✅ the hand gradient agrees" in (out / "training.md").read_text()
+    assert report["agreement"]["checked"] and report["agreement"]["passed"]
+
+
+def test_training_on_one_gradient_says_agreement_was_not_checked(tmp_path):
+    """`--grad hand` compares nothing: the report said `agreement: passed: true`."""
+    out = tmp_path / "r"
+    argv = ["train", "--dataset", "spiral", "--epochs", "2", "--grad", "hand", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0  # trained; nothing was asked to agree
+    agreement = json.loads((out / "training.json").read_text())["agreement"]
+    assert agreement["checked"] is False and agreement["passed"] is False
+    assert "Hand vs autodiff: not checked" in (out / "training.md").read_text()
 
 
 def test_train_command_bad_usage(tmp_path, capsys):
