@@ -212,12 +212,14 @@ def verify_report(report: dict, committed: dict) -> list[str]:
 
 
 def _load_committed(path: str) -> dict:
+    """The report `--verify` compares with, or a ValueError saying why it cannot be read."""
     from pathlib import Path
 
-    from jax_ref.report import from_json
-
     try:
-        committed = from_json(Path(path).read_text())
+        text = Path(path).read_text()  # before importing JAX: a wrong path fails fast
+        from jax_ref.report import from_json
+
+        committed = from_json(text)
     except (OSError, ValueError) as e:
         raise ValueError(f"--verify {path}: cannot read a gradcheck.json ({e})") from e
     if not isinstance(committed, dict) or not {"checks", "ledger"} <= set(committed):
@@ -363,10 +365,12 @@ def _import_matplotlib() -> None:
 
 
 def _stop(pool) -> None:
-    """Ends the workers without waiting for them to tear JAX down (1.5 s measured): their
-    results are in, and they hold nothing else."""
+    """Ends the workers now: without waiting for them to tear JAX down once their results
+    are in, or for tasks nobody will read after a usage error."""
+    # the processes first: shutdown() forgets them (the pool's _processes becomes None)
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
+    for p in processes:
         p.terminate()
     pool.shutdown(wait=True)
 
@@ -528,10 +532,14 @@ def run() -> int:
         return code
     args.started = started
     _start_sweep(args)
-    from jax_ref.runtime import use_compilation_cache
+    try:
+        from jax_ref.runtime import use_compilation_cache
 
-    use_compilation_cache(cache_dir())
-    return _dispatch(args)
+        use_compilation_cache(cache_dir())
+        return _dispatch(args)
+    finally:
+        if _POOL is not None:  # the command ended before the sweep (a usage error): no wait
+            _stop(_POOL)
 
 
 _POOL = None  # the sweep's worker processes, started early by _start_sweep
