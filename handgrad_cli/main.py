@@ -322,7 +322,12 @@ def _check_in_parallel(derivations, seed, dtypes, examples) -> dict:
 
     global _POOL, _PENDING
     parts = 2 if (os.cpu_count() or 1) > 1 else 1
-    pool, pending, _POOL, _PENDING = _POOL or _pool(parts * len(derivations)), _PENDING, None, None
+    pool, pending, _POOL, _PENDING = (
+        _POOL or worker_pool(parts * len(derivations)),
+        _PENDING,
+        None,
+        None,
+    )
     threading.Thread(target=_import_matplotlib, daemon=True).start()  # while we wait
     try:
         if pending is None:
@@ -341,13 +346,13 @@ def _check_in_parallel(derivations, seed, dtypes, examples) -> dict:
             done = {(m, p): f.result() for (m, p), f in pending.items()}
             results = {(r[0], p): r[1:] for (_, p), r in done.items() if r[0] is not None}
     finally:
-        _stop(pool)
+        stop_workers(pool)
     checks = [row for d in derivations for p in range(parts) for row in results[d.name, p][0]]
     ledger = [e for d in derivations for p in range(parts) for e in results[d.name, p][1]]
     return assemble(seed, derivations, checks, ledger)
 
 
-def _pool(tasks: int):
+def worker_pool(tasks: int):
     """Worker processes, no more than tasks or cores; spawned: a fresh JAX each."""
     import multiprocessing
     import os
@@ -364,7 +369,7 @@ def _import_matplotlib() -> None:
         pass  # has_plots says so later
 
 
-def _stop(pool) -> None:
+def stop_workers(pool) -> None:
     """Ends the workers now: without waiting for them to tear JAX down once their results
     are in, or for tasks nobody will read after a usage error."""
     # the processes first: shutdown() forgets them (the pool's _processes becomes None)
@@ -539,7 +544,7 @@ def run() -> int:
         return _dispatch(args)
     finally:
         if _POOL is not None:  # the command ended before the sweep (a usage error): no wait
-            _stop(_POOL)
+            stop_workers(_POOL)
 
 
 _POOL = None  # the sweep's worker processes, started early by _start_sweep
@@ -566,7 +571,7 @@ def _start_sweep(args) -> None:
     spec_dir = Path(__file__).resolve().parent.parent / "jax_ref" / "derivations"
     modules = sorted(p.stem for p in spec_dir.glob("[!_]*.py"))
     n = len(args.derivation or []) or len(modules)
-    _POOL = _pool(2 * n)
+    _POOL = worker_pool(2 * n)
     if args.derivation:  # names to check first: only warm the workers up
         for _ in range(min(os.cpu_count() or 1, 2 * n)):
             _POOL.submit(_warm)

@@ -251,3 +251,21 @@ def test_the_program_parses_its_arguments_once():
     assert helped.returncode == 0 and helped.stdout.count("usage: handgrad") == 1, helped.stdout
     bad = program("check", "--dtype", "float16")
     assert bad.returncode == 2 and bad.stderr.count("usage: handgrad") == 1, bad.stderr
+
+
+def test_stopping_the_workers_ends_them_at_once():
+    """A task still running when the command ends (a usage error found after the sweep was
+    submitted) is not waited for: the workers are terminated."""
+    import time
+
+    from handgrad_cli.main import stop_workers, worker_pool
+
+    pool = worker_pool(1)
+    future = pool.submit(time.sleep, 60)
+    while not future.running():
+        time.sleep(0.05)
+    processes = list(pool._processes.values())  # the standard library's pool, not ours
+    stop_workers(pool)
+    for p in processes:
+        p.join(timeout=10)
+    assert processes and not any(p.is_alive() for p in processes)
