@@ -116,9 +116,15 @@ def inconclusive_check(parameter: str, oracle: str, note: str, **measures) -> Ch
 
 
 def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckResult:
-    """`got` against an oracle's `want` under tolerance `tol`: passed or failed."""
+    """`got` against an oracle's `want` under tolerance `tol`: passed or failed; where the
+    oracle's value is not finite, inconclusive (NaN is never agreement), unless the
+    elements where it is finite already fail."""
+    w = np.asarray(want, np.float64)
+    odd = ~np.isfinite(w)
+    if odd.any():
+        return _partly_judged(name, oracle, got, w, odd, dtype, tol, note, scale)
     max_abs, rel, idx = rel_error(got, want, scale)
-    g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    g = np.asarray(got, np.float64)
     # detection power relative to the leaf's largest entry: a natural scale above it
     # (errors measured against the scale the rounding lives on) weakens it by that factor
     ok = np.isfinite(w)
@@ -138,6 +144,25 @@ def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckRes
         got=float(g[idx]) if g.ndim else float(g),
         want=float(w[idx]) if w.ndim else float(w),
         detectable_rel_err=tol * weaken,
+    )
+
+
+def _partly_judged(name, oracle, got, w, odd, dtype, tol, note, scale) -> CheckResult:
+    """The elements where the oracle is finite judged; the others cannot be."""
+    g = np.asarray(got, np.float64)
+    if np.shape(g) != np.shape(w):  # no element to set aside: judge as given
+        g = np.broadcast_to(g, np.shape(w))
+    r = compare(name, oracle, np.where(odd, 0.0, g), np.where(odd, 0.0, w), dtype, tol, "", scale)
+    where = f"{int(odd.sum())} of {odd.size} elements"
+    if r.status == "failed":
+        why = f"judged where the {oracle}'s value is finite (it is not at {where})"
+        return dataclasses.replace(r, note=f"{note}; {why}" if note else why)
+    why = f"the {oracle}'s value is not finite at {where}: it cannot judge there"
+    return dataclasses.replace(
+        r,
+        status="inconclusive",
+        detectable_rel_err=math.inf,
+        note=f"{why}; {note}" if note else why,
     )
 
 

@@ -131,3 +131,44 @@ def test_assert_vjp_refuses_a_second_order_nothing_judged():
     with pytest.raises(AssertionError, match=r"x \[second_order\]"):
         jr.assert_vjp(cube, x, reference=_cube_by_callback, order=2)
     jr.assert_vjp(cube, x, reference=_cube_by_callback, order=2, allow_inconclusive=True)
+
+
+def test_nan_is_never_agreement():
+    """Wrong policy caught: rel_error(NaN, NaN) = 0, so NaN against NaN passed."""
+    r = compare(
+        "w", "autodiff", np.array([1.0, np.nan]), np.array([1.0, np.nan]), np.float64, 1e-10
+    )
+    assert r.status == "inconclusive" and "not finite" in r.note, r.describe()
+    r = compare("w", "autodiff", np.array([1.0, np.nan]), np.array([1.0, 2.0]), np.float64, 1e-10)
+    assert r.status == "failed"  # a NaN hand value where the oracle is finite
+
+
+def test_a_wrong_gradient_at_a_nan_point_is_not_passed():
+    """One data entry is NaN, so the loss and its gradient are NaN everywhere; a gradient
+    that forgot its 2/N, NaN as well, used to pass as "rel err 0, hand nan, autodiff nan"."""
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)))
+    y = jnp.array([1.0, np.nan, 0.5, 2.0])
+
+    def loss(w):
+        return jnp.mean((X @ w - y) ** 2)
+
+    def forgot_2_over_n(w):
+        return X.T @ (X @ w - y)
+
+    p = jnp.array([0.5, -1.0, 2.0])
+    results = jr.check_gradients(loss, forgot_2_over_n, p)
+    assert not any(r.passed for r in results), [r.describe() for r in results]
+    with pytest.raises(AssertionError, match="no oracle could judge"):
+        jr.assert_gradients(loss, forgot_2_over_n, p)
+
+
+def test_a_nan_hand_value_where_the_loss_is_finite_fails():
+    """Finite differences used to call it "not smooth" (inconclusive)."""
+
+    def loss(p):
+        return jnp.sum(jnp.sin(p))
+
+    p = jnp.linspace(0.1, 1.0, 5)
+    bad = jnp.cos(p).at[2].set(jnp.nan)
+    (r,) = jr.check_gradients(loss, lambda p: bad, p, oracles=("finite_difference",))
+    assert r.status == "failed", r.describe()

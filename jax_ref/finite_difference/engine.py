@@ -286,6 +286,19 @@ class Engine:
         """Leaf i alone: K directions at a time, a kinked one looked at closer, then
         replaced, until K judge it or max_tries are spent."""
         leaf, mask = self.leaves[i], self._mask(only=i)
+        bad = int(np.size(leaf.g) - np.count_nonzero(np.isfinite(leaf.g)))
+        if bad and math.isfinite(self._loss_at_point(mask)):
+            return CheckResult(
+                parameter=leaf.name,
+                oracle=ORACLE,
+                status="failed",
+                note=f"the hand gradient is not finite at {bad} of {leaf.n} elements, where "
+                "the loss is finite",
+                dtype=jnp.dtype(leaf.gdtype).name,
+                shape=leaf.shape,
+                max_rel_err=math.inf,
+                index_kind="direction",
+            )
         t, h = _Tally(covered=np.zeros(leaf.n, bool)), leaf.h0
         while len(t.diffs) < self.K and t.tried < max_tries:
             dirs = self._dirs(only=i, density=t.density)
@@ -297,6 +310,10 @@ class Engine:
                 # ones, which may step around the kinked elements
                 t.density = max(t.density / 4, 1.0 / max(leaf.n, 1))
         return self._conclude(i, t, t.note(h))
+
+    def _loss_at_point(self, mask) -> float:
+        dirs = self.last_dev if self.last_dev is not None else self._dirs()
+        return self.probe(dirs, [(0.0, 0, mask)])[0]
 
     def _leaf_round(self, leaf, dirs, h, mask):
         """One round along K directions: the step shrunk where the loss is not finite,
