@@ -164,3 +164,13 @@ def test_a_wrong_jvp_fails_and_a_right_one_passes():
     half.defjvp(lambda p, t: (half(p[0]), 0.5 * t[0] * jax.nn.sigmoid(p[0])))
     failed = {r.oracle for r in check_jvp(half, x, contracts=()) if r.status == "failed"}
     assert failed == {"autodiff", "finite_difference"}
+
+
+def test_a_function_that_raises_is_named_by_both_rule_checks():
+    def broken(x):
+        raise RuntimeError("the user's bug")
+
+    x = jnp.ones(3)
+    for check in (check_vjp, check_jvp):
+        with pytest.raises(ValueError, match=r"f\(\*primals\) raised RuntimeError: the user's bug"):
+            check(broken, x)
