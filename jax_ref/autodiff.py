@@ -23,13 +23,13 @@ from jax_ref.tolerances import budget, rel_error, tolerance
 from jax_ref.trees import error_text, is_float, leaf_name, to64
 from jax_ref.verdict import CheckResult, compare
 
-__all__ = ["autodiff_results", "explain", "golden_value", "judge"]
+__all__ = ["autodiff_results", "explain", "golden_value", "judge", "value_and_grad"]
 
 ORACLE = "autodiff"
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _value_and_grad(loss_fn, params, *args):
+def value_and_grad(loss_fn, params, *args):
     """jax.value_and_grad(loss_fn), jitted once per (loss_fn, shapes): differentiating an
     already-jitted loss eagerly would compile its pieces one by one, every call."""
     return jax.value_and_grad(loss_fn)(params, *args)
@@ -82,12 +82,12 @@ def autodiff_results(
     """One result per float leaf of `params`: `grads` against `jax.grad(loss_fn)`; with
     `value` (the hand loss), one for it too (parameter "loss"). `scales` is a pytree like
     `params` of natural error scales (jax_ref.tolerances), `loss_scale` the loss's."""
-    ref_value, ref = _value_and_grad(loss_fn, params, *args)
+    ref_value, ref = value_and_grad(loss_fn, params, *args)
     if jnp.ndim(ref_value) != 0:
         raise ValueError(f"loss_fn must return a scalar; got shape {jnp.shape(ref_value)}")
     golden, why = None, ""
     if _low_precision(params, grads):
-        golden, why = golden_value(lambda p, *a: _value_and_grad(loss_fn, p, *a), params, *args)
+        golden, why = golden_value(lambda p, *a: value_and_grad(loss_fn, p, *a), params, *args)
     results = []
     if value is not None:
         gold = None if golden is None else golden[0]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.autodiff import autodiff_results, golden_value, judge
+from jax_ref.autodiff import autodiff_results, golden_value, judge, value_and_grad
 from jax_ref.finite_difference import finite_difference_results
 from jax_ref.tangents import (
     BATCH,
@@ -103,11 +103,12 @@ def no_reference(inputs: Inputs, oracle, why) -> list[CheckResult]:
 def autodiff_or_inconclusive(loss, fl, hand, args, inputs, why_ref, scales=None):
     """The autodiff oracle on a pairing loss of the reference; inconclusive per input
     when the reference cannot be differentiated (the note says how it failed)."""
-    try:
-        res = autodiff_results(loss, fl, hand, args, scales=scales)
-    except Exception as e:  # the reference's own failure: not a verdict on the rule
+    try:  # the reference's own code only: the oracle's faults are not its failure
+        value_and_grad(loss, fl, *args)  # compiled once, reused by the oracle below
+    except Exception as e:  # the reference's failure: not a verdict on the rule
         why = f"the reference could not be differentiated ({error_text(e)})"
         return no_reference(inputs, "autodiff", why)
+    res = autodiff_results(loss, fl, hand, args, scales=scales)
     return [dataclasses.replace(r, note=join(why_ref, r.note)) for r in res]
 
 
@@ -117,14 +118,14 @@ def primal_vjp(f, vjp, ref, primals, out) -> list[CheckResult]:
     if vjp is None:
         try:
             rule_out = jax.vjp(f, *primals)[0]
-        except Exception as e:
+        except Exception as e:  # the user's rule raised
             return [failed_check("output", "primal", f"jax.vjp(f) raised {error_text(e)}")]
         note = "the rule's primal output against f(*primals)"
         results += same_tree("output", "primal", rule_out, out, note)
     if ref is not None and ref is not f:
         try:
             ref_out = ref(*primals)
-        except Exception as e:
+        except Exception as e:  # the user's reference raised
             why = f"the reference raised {error_text(e)}"
             return [*results, failed_check("output", "primal", why)]
         results += same_tree("output", "primal", out, ref_out, "f(*primals) against the reference")
@@ -135,7 +136,7 @@ def jit_vjp(rule, primals, ct, cts, inputs) -> list[CheckResult]:
     """jax.jit(rule) against the rule run eagerly."""
     try:
         jcts, why = normalise_cts(jax.jit(rule)(*primals, ct), inputs)
-    except Exception as e:
+    except Exception as e:  # the user's rule raised under jit
         why = f"the rule raised under jax.jit: {error_text(e)}"
         return [failed_check("cotangents", "jit", why)]
     if jcts is None:
@@ -163,7 +164,7 @@ def vmap_vjp(rule, inputs, out, rng) -> list[CheckResult]:
     cts_b = [full_cotangent(rng, out) for _ in pts]
     try:
         singles, why = _per_point_cts(rule, inputs, pts, cts_b)
-    except Exception as e:
+    except Exception as e:  # the user's rule raised at a batch point
         why = f"the rule raised at a batch point: {error_text(e)}"
         return [failed_check("cotangents", "vmap", why)]
     if singles is None:
@@ -181,7 +182,7 @@ def vmap_vjp(rule, inputs, out, rng) -> list[CheckResult]:
 
     try:
         bcts = jax.vmap(per_point)(*stacked, ct_stack)
-    except Exception as e:
+    except Exception as e:  # the user's rule raised under vmap
         why = f"the rule raised under jax.vmap: {error_text(e)}"
         return [failed_check("cotangents", "vmap", why)]
     note = f"jax.vmap(rule) over {BATCH} points against the rule at each"
@@ -223,7 +224,7 @@ def primal_jvp(f, ref, primals, y0, out) -> list[CheckResult]:
     if ref is not None and ref is not f:
         try:
             results += same_tree("output", "primal", out, ref(*primals), "f against the reference")
-        except Exception as e:
+        except Exception as e:  # the user's reference raised
             results.append(
                 failed_check("output", "primal", f"the reference raised {error_text(e)}")
             )
@@ -235,7 +236,7 @@ def jit_jvp(rule, inputs, U, t0) -> list[CheckResult]:
     n0 = inputs.fnames[0]
     try:
         _, jt = jax.jit(rule)(inputs.primals, tangent_tuple(inputs, n0, U[n0][0]))
-    except Exception as e:
+    except Exception as e:  # the user's rule raised under jit
         why = f"the rule raised under jax.jit: {error_text(e)}"
         return [failed_check("tangents", "jit", why)]
     return same_tree("tangents", "jit", jt, t0, "jax.jit(rule) against the rule run eagerly")
@@ -258,7 +259,7 @@ def vmap_jvp(rule, inputs, rng) -> list[CheckResult]:
             rule(tuple(jax.tree.unflatten(inputs.treedef, p)), tangent_tuple(inputs, n0, u))[1]
             for p, u in zip(pts, us)
         ]
-    except Exception as e:
+    except Exception as e:  # the user's rule raised at a batch point
         why = f"the rule raised at a batch point: {error_text(e)}"
         return [failed_check("tangents", "vmap", why)]
     stacked = [
@@ -274,7 +275,7 @@ def vmap_jvp(rule, inputs, rng) -> list[CheckResult]:
 
     try:
         batched = jax.vmap(per_point)(stacked, jnp.stack(us))
-    except Exception as e:
+    except Exception as e:  # the user's rule raised under vmap
         why = f"the rule raised under jax.vmap: {error_text(e)}"
         return [failed_check("tangents", "vmap", why)]
     want = jax.tree.map(lambda *t: np.stack([np.asarray(x, np.float64) for x in t]), *singles)
@@ -322,7 +323,7 @@ def composed_check(g, ref, inputs, out, rng, seed, ref_why) -> list[CheckResult]
     loss_g = cached(_composed_loss, g, key)
     try:
         hand = jax.jit(jax.grad(loss_g))(fl, *args)
-    except Exception as e:
+    except Exception as e:  # the user's rule raised inside a larger loss
         why = f"jax.grad of a loss through the rule raised {error_text(e)}"
         return [failed_check("rule", "composed", why)]
     note = "jax.grad of a loss calling f twice, through the rule"
@@ -368,13 +369,13 @@ def second_order(rule, ref, inputs, ct, rng, out) -> list[CheckResult]:
     u = random_like(rng, fl, scale_by_rms=True)
     try:
         hand = jax.jvp(_vjp_as_function(rule, inputs, ct), (fl,), (u,))[1]
-    except Exception as e:
+    except Exception as e:  # the user's rule raised under jax.jvp
         why = f"jax.jvp of the rule's VJP raised {error_text(e)}"
         return [failed_check("rule", "second_order", why)]
     ref_vjp = _vjp_as_function(_reference_rule(ref), inputs, ct)
     try:
         want = jax.jvp(ref_vjp, (fl,), (u,))[1]
-    except Exception as e:
+    except Exception as e:  # the user's reference cannot be differentiated twice
         why = f"the reference could not be differentiated twice ({error_text(e)})"
         return no_reference(inputs, "second_order", why)
     golden, why = None, ""

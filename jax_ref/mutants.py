@@ -42,7 +42,7 @@ def _run(prop, impl, case, mutant: Mutant) -> tuple[bool, str | None]:
         return True, f"AssertionError: {first}"
     except mutant.raises as e:  # an empty tuple catches nothing
         return True, type(e).__name__
-    except Exception as e:
+    except Exception as e:  # a fault in the property: a harness error, never a kill
         where = traceback.extract_tb(e.__traceback__)[-1]
         raise _HarnessError(f"{type(e).__name__}: {e} ({where.filename}:{where.lineno})") from e
     return False, None

@@ -257,7 +257,7 @@ def check_vjp(
     rule = _rule_from_vjp(f, vjp)
     try:
         out = f(*primals)
-    except Exception as e:
+    except Exception as e:  # the user's function raised: theirs, named
         raise ValueError(f"f(*primals) raised {error_text(e)}") from e
     ct = random_like(rng, out)
     ct_full = fill_cotangent(out, ct)
@@ -327,7 +327,7 @@ def _jvp_autodiff(ref, ref_why, inputs, U, hand_t, out) -> list[CheckResult]:
     for n in inputs.fnames:
         try:
             want = tangents(inputs.primals, U[n], n)
-        except Exception as e:
+        except Exception as e:  # the user's reference cannot be differentiated
             why = f"the reference could not be differentiated ({error_text(e)})"
             res.append(inconclusive_check(n, "autodiff", why))
             continue

@@ -172,3 +172,16 @@ def test_a_nan_hand_value_where_the_loss_is_finite_fails():
     bad = jnp.cos(p).at[2].set(jnp.nan)
     (r,) = jr.check_gradients(loss, lambda p: bad, p, oracles=("finite_difference",))
     assert r.status == "failed", r.describe()
+
+
+def test_a_fault_of_the_oracle_is_not_blamed_on_the_reference(monkeypatch):
+    """Only the reference's own code is guarded: an error inside the autodiff oracle used
+    to come back as "the reference could not be differentiated" (inconclusive)."""
+    from jax_ref import autodiff
+
+    def broken_judge(*args, **kwargs):
+        raise RuntimeError("a bug in the checker")
+
+    monkeypatch.setattr(autodiff, "judge", broken_judge)
+    with pytest.raises(RuntimeError, match="a bug in the checker"):
+        jr.check_vjp(cube, jnp.linspace(0.5, 1.5, 4), contracts=())

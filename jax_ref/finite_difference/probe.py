@@ -88,7 +88,7 @@ class Probe:
             rest = (self.leaves, dirs, self.steps, ts, ks, ms, *self.args)
             try:
                 vals = call(line, *rest)
-            except Exception:
+            except Exception:  # the line walk's fault, or the user's loss (re-raised)
                 if line is None:
                     raise  # the user's loss raised: theirs to see
                 # an operation the affine walk cannot handle: evaluate the plain way
