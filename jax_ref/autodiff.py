@@ -21,9 +21,16 @@ from jax_ref.finite_difference import build_engine
 from jax_ref.runtime import enable_x64
 from jax_ref.tolerances import budget, rel_error, tolerance
 from jax_ref.trees import error_text, is_float, leaf_name, to64
-from jax_ref.verdict import CheckResult, compare
+from jax_ref.verdict import CheckResult, compare, inconclusive_check
 
-__all__ = ["autodiff_results", "explain", "golden_value", "judge", "value_and_grad"]
+__all__ = [
+    "autodiff_results",
+    "explain",
+    "golden_value",
+    "judge",
+    "singular_elements",
+    "value_and_grad",
+]
 
 ORACLE = "autodiff"
 
@@ -53,21 +60,21 @@ def judge(name, got, want, golden, dtype, scale, why_no_golden, oracle=ORACLE) -
     low precision against the float64 `golden` within k x the oracle's own error there
     plus a floor (jax_ref.tolerances.BUDGETS), or under the table when there is no golden
     value (the note says why)."""
-    b = budget(dtype)
+    b, kw = budget(dtype), dict(scale=scale, partial=True)
     if b is None:
-        return compare(name, oracle, got, want, dtype, tolerance(dtype), scale=scale)
+        return compare(name, oracle, got, want, dtype, tolerance(dtype), **kw)
     if golden is None:
         note = (
             f"no float64 golden value: {why_no_golden}; judged against the "
             f"{jnp.dtype(dtype).name} table tolerance instead"
         )
-        return compare(name, oracle, got, want, dtype, tolerance(dtype), note=note, scale=scale)
+        return compare(name, oracle, got, want, dtype, tolerance(dtype), note=note, **kw)
     base = rel_error(want, golden, scale)[1]
     note = (
         f"precision budget: within {b.k:g} x {oracle}'s own error "
         f"{base:.2g} + {b.floor:.2g} of the float64 golden value"
     )
-    r = compare(name, oracle, got, golden, dtype, b.k * base + b.floor, note=note, scale=scale)
+    r = compare(name, oracle, got, golden, dtype, b.k * base + b.floor, note=note, **kw)
     return dataclasses.replace(r, baseline_err=base)
 
 
@@ -76,15 +83,49 @@ def _low_precision(params, grads) -> bool:
     return any(is_float(x) and budget(jnp.result_type(x)) is not None for x in leaves)
 
 
+def singular_elements(loss_fn, params, args) -> dict[int, np.ndarray]:
+    """{leaf index: mask} of the elements where autodiff's derivative is not finite while
+    the loss is: a hint for finite differences (jax_ref.finite_difference, `still`)."""
+    try:  # compiled already by the autodiff oracle: one more evaluation
+        value, g = value_and_grad(loss_fn, params, *args)
+    except Exception:  # the user's loss cannot be differentiated: no hint, nothing lost
+        return {}
+    if not np.isfinite(float(value)):
+        return {}
+    masks = {i: ~np.isfinite(np.asarray(x)) for i, x in enumerate(jax.tree.leaves(g))}
+    return {i: m for i, m in masks.items() if m.any()}
+
+
+def _unjudged_leaves(params, why) -> list[CheckResult]:
+    return [
+        inconclusive_check(
+            leaf_name(path),
+            ORACLE,
+            why,
+            dtype=jnp.dtype(jnp.result_type(p)).name,
+            shape=tuple(np.shape(p)),
+        )
+        for path, p in jax.tree.leaves_with_path(params)
+        if is_float(p)
+    ]
+
+
 def autodiff_results(
-    loss_fn, params, grads, args=(), *, scales=None, value=None, loss_scale=0.0
+    loss_fn, params, grads, args=(), *, scales=None, value=None, loss_scale=0.0, what="loss_fn"
 ) -> list[CheckResult]:
     """One result per float leaf of `params`: `grads` against `jax.grad(loss_fn)`; with
     `value` (the hand loss), one for it too (parameter "loss"). `scales` is a pytree like
-    `params` of natural error scales (jax_ref.tolerances), `loss_scale` the loss's."""
-    ref_value, ref = value_and_grad(loss_fn, params, *args)
+    `params` of natural error scales (jax_ref.tolerances), `loss_scale` the loss's.
+    A loss JAX cannot differentiate, or not finite at the point, judges nothing."""
+    try:
+        ref_value, ref = value_and_grad(loss_fn, params, *args)
+    except Exception as e:  # the user's loss cannot be differentiated: autodiff cannot judge
+        return _unjudged_leaves(params, f"jax.value_and_grad of {what} raised {error_text(e)}")
     if jnp.ndim(ref_value) != 0:
-        raise ValueError(f"loss_fn must return a scalar; got shape {jnp.shape(ref_value)}")
+        raise ValueError(f"{what} must return a scalar; got shape {jnp.shape(ref_value)}")
+    if not np.isfinite(float(ref_value)):
+        why = f"{what} is not finite at the point ({float(ref_value)}): nothing can be judged there"
+        return _unjudged_leaves(params, why)
     golden, why = None, ""
     if _low_precision(params, grads):
         golden, why = golden_value(lambda p, *a: value_and_grad(loss_fn, p, *a), params, *args)
@@ -141,9 +182,14 @@ def explain(res: CheckResult, engine, li, g, r, most=6) -> CheckResult:
             return res  # where the loss is smooth, finite differences contradict the hand
         sides_with_hand |= abs(ad - d.est) > d.bound
     if sides_with_hand:
+        c, d = smooth[0]
+        where = list(np.unravel_index(c, g.shape)) if g.ndim else []
         note = (
-            "autodiff disagrees with the hand gradient, but finite differences along the "
-            "elements that differ most side with the hand gradient: the referee is in doubt"
+            f"the reference's derivative disagrees with finite differences at "
+            f"{len(smooth)} of the elements that differ most (first {where}: autodiff "
+            f"{r.ravel()[c]:.6g}, finite differences {d.est / leaf.s:.6g}, hand "
+            f"{g.ravel()[c]:.6g}), which side with the hand gradient: a finding about the "
+            "reference, not a verdict on the rule"
         )
         return dataclasses.replace(res, status="inconclusive", note=note)
     if smooth:

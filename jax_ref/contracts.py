@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.autodiff import autodiff_results, golden_value, judge, value_and_grad
+from jax_ref.autodiff import autodiff_results, judge, singular_elements, value_and_grad
 from jax_ref.finite_difference import finite_difference_results
+from jax_ref.runtime import OwnCodeError
 from jax_ref.tangents import (
     BATCH,
     Inputs,
@@ -47,6 +48,7 @@ from jax_ref.verdict import (
 __all__ = [
     "autodiff_or_inconclusive",
     "composed_check",
+    "derivative_along",
     "jit_jvp",
     "jit_vjp",
     "join",
@@ -328,16 +330,29 @@ def composed_check(g, ref, inputs, out, rng, seed, ref_why) -> list[CheckResult]
         return [failed_check("rule", "composed", why)]
     note = "jax.grad of a loss calling f twice, through the rule"
     natural = natural_scales(fl, out, args[1], args[2])  # c1, c2
+    res, still = [], None
     if ref is not None:
         loss_ref = cached(_composed_loss, ref, key)
         res = autodiff_or_inconclusive(loss_ref, fl, hand, args, inputs, ref_why, natural)
-        if not any(
-            r.status == "inconclusive" and "could not be differentiated" in r.note for r in res
-        ):
+        if all(r.status != "inconclusive" for r in res):
             return [dataclasses.replace(r, oracle="composed", note=join(note, r.note)) for r in res]
-    res = finite_difference_results(loss_g, fl, hand, args, seed=seed, scales=natural)
-    note += ", against finite differences"
-    return [dataclasses.replace(r, oracle="composed", note=join(note, r.note)) for r in res]
+        still = singular_elements(loss_ref, fl, args)
+    # the reference could not judge some leaf (not differentiable, in doubt, not finite):
+    # finite differences of the loss through f judge those
+    fd = finite_difference_results(
+        loss_g, fl, hand, args, seed=seed, scales=natural, what="f", still=still
+    )
+    by_ref = {r.parameter: r for r in res}
+    out = []
+    for r in fd:
+        prior = by_ref.get(r.parameter)
+        if prior is not None and prior.status != "inconclusive":
+            r = prior
+        else:
+            why = "" if prior is None else f"; the reference: {prior.note}"
+            r = dataclasses.replace(r, note=f"against finite differences; {r.note}{why}")
+        out.append(dataclasses.replace(r, oracle="composed", note=join(note, r.note)))
+    return out
 
 
 def _vjp_as_function(rule, inputs, ct):
@@ -361,42 +376,131 @@ def _reference_rule(ref):
     return rule
 
 
+def derivative_along(h, fl, u):
+    """d/dt h(fl + t u) at 0 through JAX: forward over the function; where JAX cannot push a
+    tangent through it (a custom_vjp whose fwd calls the decorated function), reverse:
+    ∇⟨h(x), u⟩, the same for a gradient's Jacobian (a Hessian, symmetric). (value, how);
+    JAX's limitation is never the rule's error. Raises only when neither works."""
+    try:
+        return jax.jvp(h, (fl,), (u,))[1], "forward over reverse"
+    except Exception as e:  # JAX's limitation or the user's code: reverse mode may still work
+        first = e
+    try:
+        return jax.grad(lambda x: _dot(h(x), u))(fl), "reverse over reverse"
+    except Exception as e:  # neither mode goes through: both messages, chained
+        raise ValueError(
+            f"jax.jvp raised {error_text(first)}; jax.grad raised {error_text(e)}"
+        ) from e
+
+
+def _dot(a, b):
+    return sum(jnp.sum(a[k] * b[k].astype(a[k].dtype)) for k in a)
+
+
 def second_order(rule, ref, inputs, ct, rng, out) -> list[CheckResult]:
-    """The JVP of the rule's VJP along a random tangent u, against the reference's."""
-    if ref is None:
-        return no_reference(inputs, "second_order", "no reference: second derivatives not judged")
+    """The derivative of the rule's VJP along a random tangent u (second derivatives),
+    against central differences of the rule's VJP along u, and against the reference's
+    (where it can be differentiated twice); where the two oracles disagree and the
+    differences side with the rule, the reference's result says so."""
     fl = inputs.floats()
     u = random_like(rng, fl, scale_by_rms=True)
+    h = _vjp_as_function(rule, inputs, ct)
     try:
-        hand = jax.jvp(_vjp_as_function(rule, inputs, ct), (fl,), (u,))[1]
-    except Exception as e:  # the user's rule raised under jax.jvp
-        why = f"jax.jvp of the rule's VJP raised {error_text(e)}"
+        hand, how = derivative_along(h, fl, u)
+    except Exception as e:  # the user's rule cannot be differentiated by JAX at all
+        why = f"the rule's VJP could not be differentiated ({error_text(e)})"
         return [failed_check("rule", "second_order", why)]
-    ref_vjp = _vjp_as_function(_reference_rule(ref), inputs, ct)
-    try:
-        want = jax.jvp(ref_vjp, (fl,), (u,))[1]
-    except Exception as e:  # the user's reference cannot be differentiated twice
-        why = f"the reference could not be differentiated twice ({error_text(e)})"
-        return no_reference(inputs, "second_order", why)
-    golden, why = None, ""
-    if any(jnp.result_type(v) != jnp.float64 for v in fl.values()):
-        golden, why = golden_value(
-            lambda fl64, u64, ct64: jax.jvp(
-                _vjp_as_function(_reference_rule(ref), inputs, ct64), (fl64,), (u64,)
-            )[1],
-            fl,
-            u,
-            ct,
-            what="the reference",
-        )
+    fd = _differences_per_leaf(h, fl, u, inputs)
+    want, why_ref = _reference_second(ref, inputs, fl, u, ct)
     natural, res = max_abs(ct) * max_abs(out), []
     for n in inputs.fnames:
         dt = jnp.result_type(fl[n])
-        # the first-order natural scale, times how far u reaches against x's typical entry
         reach = max_abs(u[n]) / max(rms(fl[n]), 1e-300)
         scale = 0.0 if dt == jnp.float64 else natural * min(reach, 1e6)
-        gold = None if golden is None else golden[n]
-        r = judge(n, hand[n], want[n], gold, dt, scale, why)
-        note = join("JVP of the rule's VJP along a random tangent", r.note)
-        res.append(dataclasses.replace(r, oracle="second_order", note=note))
+        note = f"the derivative of the rule's VJP along a random tangent ({how})"
+        d = fd.get(n)
+        if d is not None:
+            r = d.judge(
+                n, "second_order", hand[n], dt, scale, note + ", against finite differences"
+            )
+            res.append(dataclasses.replace(r, shape=np.shape(fl[n])))
+        if want is None:
+            res.append(inconclusive_check(n, "second_order", why_ref, shape=np.shape(fl[n])))
+            continue
+        r = judge(n, hand[n], want[n], None, dt, scale, "", oracle="second_order")
+        if d is not None:
+            r = d.overrule(r, hand[n], want[n], "reference's second derivative")
+        res.append(dataclasses.replace(r, note=join(note + ", against the reference", r.note)))
     return res
+
+
+def jvp_second_order(rule, ref, inputs, U, rng, out) -> list[CheckResult]:
+    """Per input leaf n: the derivative of the rule's output tangent (along n's first
+    tangent) along a second random tangent v, against central differences of those
+    tangents along v, and against the reference's (forward over forward)."""
+    from jax_ref.finite_difference.along import differences_along, flat
+
+    fl, key, others = inputs.floats(), inputs.key(), inputs.others
+    v = random_like(rng, fl, scale_by_rms=True)
+    res = []
+    for n in inputs.fnames:
+        dt = jnp.result_type(fl[n])
+
+        def tangent_of(fn, n=n):
+            def h(x):
+                p = assemble(key, x, others)
+                t = fn(tuple(p), tangent_tuple(inputs, n, U[n][0]))[1]
+                return [o for o, y in zip(jax.tree.leaves(t), jax.tree.leaves(out)) if is_float(y)]
+
+            return h
+
+        try:
+            hand = flat(jax.jvp(tangent_of(rule), (fl,), (v,))[1])
+        except Exception as e:  # the user's rule cannot be differentiated by jax.jvp
+            why = f"jax.jvp of the rule's tangents raised {error_text(e)}"
+            res.append(failed_check(n, "second_order", why))
+            continue
+        d = differences_along(tangent_of(rule), fl, v, what="the rule")
+        note = "the derivative of the rule's tangents along a second random tangent"
+        res.append(d.judge(n, "second_order", hand, dt, 0.0, note + ", against finite differences"))
+        if ref is None:
+            continue
+        ref_rule = lambda p, t: jax.jvp(ref, p, t)  # noqa: E731
+        try:
+            want = flat(jax.jvp(tangent_of(ref_rule), (fl,), (v,))[1])
+        except Exception as e:  # the user's reference cannot be differentiated twice
+            why = f"the reference could not be differentiated twice ({error_text(e)})"
+            res.append(inconclusive_check(n, "second_order", why))
+            continue
+        r = judge(n, hand, want, None, dt, 0.0, "", oracle="second_order")
+        r = d.overrule(r, hand, want, "reference's second derivative")
+        res.append(dataclasses.replace(r, note=join(note + ", against the reference", r.note)))
+    return res
+
+
+def _differences_per_leaf(h, fl, u, inputs):
+    """{input leaf: central differences of its cotangent along u}, {} where h cannot run."""
+    from jax_ref.finite_difference.along import differences_along
+
+    try:
+        return {
+            n: differences_along(lambda x, n=n: h(x)[n], fl, u, what="the rule")
+            for n in inputs.fnames
+        }
+    except OwnCodeError:
+        raise
+    except Exception as e:  # the rule raised between the points: theirs
+        raise OwnCodeError(
+            f"the rule raised at points near the given point: {error_text(e)}"
+        ) from e
+
+
+def _reference_second(ref, inputs, fl, u, ct):
+    """The reference's derivative of its VJP along u: ({leaf: value}, "") or (None, why)."""
+    if ref is None:
+        return None, "no reference: judged by finite differences alone"
+    try:
+        want, _ = derivative_along(_vjp_as_function(_reference_rule(ref), inputs, ct), fl, u)
+    except Exception as e:  # the user's reference cannot be differentiated twice
+        return None, f"the reference could not be differentiated twice ({error_text(e)})"
+    return want, ""

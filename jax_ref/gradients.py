@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.autodiff import autodiff_results
+from jax_ref.autodiff import autodiff_results, singular_elements
 from jax_ref.finite_difference import finite_difference_results
-from jax_ref.trees import leaf_name
+from jax_ref.runtime import OwnCodeError
+from jax_ref.trees import error_text, leaf_name
 from jax_ref.verdict import CheckResult, assert_verdict
 
 __all__ = ["GRADIENT_ORACLES", "assert_gradients", "check_gradients"]
@@ -93,13 +94,16 @@ def check_gradients(
         )
     if not callable(loss_fn) or not callable(grad_fn):
         raise ValueError("loss_fn and grad_fn must be callables (params, *args)")
-    value, grads = _split_grad_output(grad_fn(params, *args), returns_loss)
+    value, grads = _split_grad_output(_theirs(grad_fn, "grad_fn", params, *args), returns_loss)
     _check_tree(grads, params)
+    _theirs(jax.eval_shape, "loss_fn", loss_fn, params, *args)
     results: list[CheckResult] = []
+    still = None
     if "autodiff" in oracles:
         results += autodiff_results(
             loss_fn, params, grads, args, scales=scales, value=value, loss_scale=loss_scale
         )
+        still = singular_elements(loss_fn, params, args)
     if "finite_difference" in oracles:
         results += finite_difference_results(
             loss_fn,
@@ -110,8 +114,17 @@ def check_gradients(
             directions=directions,
             max_tries=max_tries,
             scales=scales,
+            still=still,
         )
     return results
+
+
+def _theirs(fn, what, *a):
+    """fn(*a); an exception is the user's `what`, raised as such (chained)."""
+    try:
+        return fn(*a)
+    except Exception as e:  # the user's function raised at the point: theirs, named
+        raise OwnCodeError(f"{what} raised at the given point: {error_text(e)}") from e
 
 
 def assert_gradients(

@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.autodiff import golden_value, judge
+from jax_ref.autodiff import golden_value, judge, singular_elements
 from jax_ref.contracts import (
     autodiff_or_inconclusive,
     composed_check,
     jit_jvp,
     jit_vjp,
     join,
+    jvp_second_order,
     no_reference,
     primal_jvp,
     primal_vjp,
@@ -37,6 +38,8 @@ from jax_ref.contracts import (
     vmap_vjp,
 )
 from jax_ref.finite_difference import finite_difference_results
+from jax_ref.finite_difference.along import Along, differences_along
+from jax_ref.runtime import OwnCodeError
 from jax_ref.tangents import (
     Inputs,
     assemble,
@@ -129,6 +132,20 @@ def _validate(kind, f, rule, primals, oracles, contracts, known_contracts) -> In
     return inputs
 
 
+def _run_theirs(f, primals, reference):
+    """f(*primals), and the reference's if given: an exception is theirs, named."""
+    for what, fn in (("f", f), ("the reference", reference)):
+        if fn is None:
+            continue
+        try:
+            value = fn(*primals)
+        except Exception as e:  # the user's function raised at the point: theirs
+            raise OwnCodeError(f"{what} raised at the given point: {error_text(e)}") from e
+        if fn is f:
+            out = value
+    return out
+
+
 # --- check_vjp ---------------------------------------------------------------------------
 
 
@@ -199,13 +216,14 @@ def _vjp_oracles(f, ref, ref_why, inputs, cts, ct, out, oracles, options) -> lis
         return []  # a cotangent of the wrong shape: failed by the structure check
     fl, key, args = inputs.floats(), inputs.key(), (inputs.others, ct)
     natural = {**natural_scales(fl, out, ct), **options["scales"]}
-    results = []
+    results, still = [], None
     if "autodiff" in oracles:
         if ref is None:
             results += no_reference(inputs, "autodiff", _SELF_REFERENCE)
         else:
             loss = cached(pairing_loss, ref, key)
             results += autodiff_or_inconclusive(loss, fl, hand, args, inputs, ref_why, natural)
+            still = singular_elements(loss, fl, args)
     if "finite_difference" in oracles:
         results += finite_difference_results(
             cached(pairing_loss, f, key),
@@ -216,6 +234,8 @@ def _vjp_oracles(f, ref, ref_why, inputs, cts, ct, out, oracles, options) -> lis
             directions=options["directions"],
             max_tries=options["max_tries"],
             scales=natural,
+            what="f",
+            still=still,
         )
     return results
 
@@ -255,10 +275,7 @@ def check_vjp(
     rng = np.random.default_rng(seed)
     ref, ref_why = _reference_for(f, vjp is not None, reference)
     rule = _rule_from_vjp(f, vjp)
-    try:
-        out = f(*primals)
-    except Exception as e:  # the user's function raised: theirs, named
-        raise ValueError(f"f(*primals) raised {error_text(e)}") from e
+    out = _run_theirs(f, primals, reference)
     ct = random_like(rng, out)
     ct_full = fill_cotangent(out, ct)
     if not any(is_float(o) for o in jax.tree.leaves(out)):
@@ -345,9 +362,38 @@ def _jvp_autodiff(ref, ref_why, inputs, U, hand_t, out) -> list[CheckResult]:
         w = np.concatenate([np.concatenate(_flat_float(out, t)) for t in want])
         gd = None if golden is None else np.concatenate(golden)
         r = judge(n, got, w, gd, low_dt, 0.0, why)
+        if r.status == "failed" and np.all(np.isfinite(got)):
+            r = _jvp_differences(inputs, U, n, out).overrule(r, got, w)
         note = join(f"{TANGENTS} random tangents in this input, against {ref_why}", r.note)
         res.append(dataclasses.replace(r, shape=np.shape(fl[n]), note=note))
     return res
+
+
+def _outputs_of(f, inputs):
+    """fl -> f's float output leaves (a list), the other inputs held as given."""
+    key, others = inputs.key(), inputs.others
+
+    def g(fl):
+        y = f(*assemble(key, fl, others))
+        return [o for o in jax.tree.leaves(y) if is_float(o)]
+
+    return g
+
+
+def _jvp_differences(inputs, U, n, out, f=None):
+    """Central differences of f along each of leaf n's tangents, stacked as the output
+    tangents are (the witness when the reference and the rule disagree)."""
+    f = f or inputs.f
+    fl, parts = inputs.floats(), []
+    for u in U[n]:
+        t = {k: (u if k == n else jnp.zeros_like(v)) for k, v in fl.items()}
+        parts.append(differences_along(_outputs_of(f, inputs), fl, t, what="f"))
+    return Along(
+        np.concatenate([p.est for p in parts]),
+        np.concatenate([p.bound for p in parts]),
+        parts[0].precision,
+        parts[0].why,
+    )
 
 
 def _hand_tangents(rule, inputs, U):
@@ -403,6 +449,7 @@ def check_jvp(
     jvp: Callable[..., Any] | None = None,
     reference: Callable[..., Any] | None = None,
     seed: int = 0,
+    order: int = 1,
     oracles: Sequence[str] = RULE_ORACLES,
     contracts: Sequence[str] = JVP_CONTRACTS,
     max_tries: int = 12,
@@ -411,8 +458,11 @@ def check_jvp(
     if given, else f's own (a `custom_jvp` function's rule). Per float input leaf,
     TANGENTS random tangents in that leaf alone: `autodiff` compares the output tangents
     with the reference's JVP, `finite_difference` ⟨ȳ, ẏ⟩ with differences of f. Then the
-    contract checks (jax_ref.contracts)."""
+    contract checks (jax_ref.contracts); `order=2` adds the derivative of the rule's
+    tangents along a second tangent (`second_order`)."""
     inputs = _validate("jvp", f, jvp, primals, oracles, contracts, JVP_CONTRACTS)
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2; got {order!r}")
     if jvp is None and isinstance(custom_rule_of(f), jax.custom_vjp):
         raise ValueError(
             "f is a jax.custom_vjp function: it has no forward-mode (JVP) rule; "
@@ -421,16 +471,11 @@ def check_jvp(
     rng = np.random.default_rng(seed)
     ref, ref_why = _reference_for(f, jvp is not None, reference)
     rule = _rule_from_jvp(f, jvp)
-    try:
-        out = f(*primals)
-    except Exception as e:  # the user's function raised: theirs, named
-        raise ValueError(f"f(*primals) raised {error_text(e)}") from e
+    out = _run_theirs(f, primals, reference)
     ct = random_like(rng, out)
     fl = inputs.floats()
-    U = {
-        n: jnp.stack([random_like(rng, fl[n], scale_by_rms=True) for _ in range(TANGENTS)])
-        for n in inputs.fnames
-    }
+    held = _singular_inputs(f, ref, inputs, ct)
+    U = _tangents(rng, fl, held)
     hand_t, raised = _hand_tangents(rule, inputs, U)
     if raised is not None:
         return [raised]
@@ -454,7 +499,64 @@ def check_jvp(
         results += vmap_jvp(rule, inputs, rng)
     if "composed" in contracts:
         results += composed_check(_as_custom_jvp(f, jvp), ref, inputs, out, rng, seed, ref_why)
-    return results
+    if order == 2:
+        results += jvp_second_order(rule, ref, inputs, U, rng, out)
+    return _note_held(results, held)
+
+
+def _tangents(rng, fl, held):
+    """TANGENTS random tangents per input leaf (entries ~ its rms), 0 where held still."""
+    return {
+        n: jnp.stack(
+            [
+                jnp.where(held.get(n, False), 0, random_like(rng, fl[n], scale_by_rms=True))
+                for _ in range(TANGENTS)
+            ]
+        )
+        for n in fl
+    }
+
+
+def _note_held(results, held):
+    """Each result of a leaf with elements held still says so."""
+    if not held:
+        return results
+    k = sum(int(np.sum(m)) for m in held.values())
+    why = (
+        f"{k} input elements held still (the tangents are 0 there): the reference's "
+        "derivative is not finite there and f ends on one side (a singular point, where "
+        "the rule's convention is its own)"
+    )
+    return [
+        dataclasses.replace(r, note=join(r.note, why)) if r.parameter in held else r
+        for r in results
+    ]
+
+
+def _singular_inputs(f, ref, inputs, ct, most=32) -> dict[str, np.ndarray]:
+    """{input leaf: mask} of the elements where the reference's derivative is not finite
+    and f is not finite on one side (sqrt at 0): no tangent moves them."""
+    if ref is None:
+        return {}
+    loss = cached(pairing_loss, ref, inputs.key())
+    fl, args = inputs.floats(), (inputs.others, ct)
+    hint = singular_elements(loss, fl, args)
+    out, g = {}, _outputs_of(f, inputs)
+    for i, n in enumerate(sorted(fl)):  # the dict's leaves, in jax.tree order
+        if i not in hint:
+            continue
+        mask = np.zeros(np.shape(fl[n]), bool)
+        x = np.asarray(fl[n], np.float64)
+        step = 1e-6 * max(float(np.sqrt(np.mean(x**2))), 1e-300)
+        for c in np.argwhere(hint[i])[:most]:
+            c = tuple(int(j) for j in c)
+            for s in (step, -step):
+                moved = {**fl, n: jnp.asarray(fl[n]).at[c].add(s)}
+                if not all(np.all(np.isfinite(np.asarray(y))) for y in g(moved)):
+                    mask[c] = True
+        if mask.any():
+            out[n] = mask
+    return out
 
 
 # --- assertions ----------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class Inputs:
     the rule differentiates, the others (integers, booleans) are carried along."""
 
     def __init__(self, f, primals):
+        self.f = f
         self.primals = tuple(primals)
         flat, self.treedef = jax.tree.flatten_with_path(self.primals)
         argnames = _arg_names(f, len(self.primals))

@@ -28,6 +28,7 @@ __all__ = [
     "failed_check",
     "inconclusive_check",
     "passed_check",
+    "powerless",
     "verdict",
 ]
 
@@ -115,14 +116,15 @@ def inconclusive_check(parameter: str, oracle: str, note: str, **measures) -> Ch
     return CheckResult(parameter=parameter, oracle=oracle, status="inconclusive", note=note, **kw)
 
 
-def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckResult:
+def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0, partial=False) -> CheckResult:
     """`got` against an oracle's `want` under tolerance `tol`: passed or failed; where the
     oracle's value is not finite, inconclusive (NaN is never agreement), unless the
-    elements where it is finite already fail."""
+    elements where it is finite already fail, or (`partial`: a derivative at a point
+    where the loss is finite) judge the leaf there."""
     w = np.asarray(want, np.float64)
     odd = ~np.isfinite(w)
     if odd.any():
-        return _partly_judged(name, oracle, got, w, odd, dtype, tol, note, scale)
+        return _partly_judged(name, oracle, got, w, odd, dtype, tol, note, scale, partial)
     max_abs, rel, idx = rel_error(got, want, scale)
     g = np.asarray(got, np.float64)
     # detection power relative to the leaf's largest entry: a natural scale above it
@@ -130,7 +132,7 @@ def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckRes
     ok = np.isfinite(w)
     big = float(np.max(np.abs(w if ok.all() else w[ok]), initial=0.0))
     weaken = max(float(scale), big) / big if big > 0 else 1.0
-    return CheckResult(
+    r = CheckResult(
         parameter=name,
         oracle=oracle,
         status="passed" if rel <= tol else "failed",
@@ -145,17 +147,36 @@ def compare(name, oracle, got, want, dtype, tol, note="", scale=0.0) -> CheckRes
         want=float(w[idx]) if w.ndim else float(w),
         detectable_rel_err=tol * weaken,
     )
+    return powerless(r) if r.status == "passed" else r
 
 
-def _partly_judged(name, oracle, got, w, odd, dtype, tol, note, scale) -> CheckResult:
+def powerless(r: CheckResult) -> CheckResult:
+    """A pass that could not have seen a 100 % error in an element (detectable_rel_err
+    >= 1) judged nothing: inconclusive, saying so."""
+    if not r.detectable_rel_err >= 1:
+        return r
+    why = (
+        f"this check could not see a 100 % error (it detects >= {r.detectable_rel_err:.3g} of "
+        "the largest entry): the values are far below the scale their rounding lives on; "
+        "if that scale is wrong for this leaf, pass scales= to judge it at its own"
+    )
+    return dataclasses.replace(r, status="inconclusive", note=f"{r.note}; {why}" if r.note else why)
+
+
+def _partly_judged(name, oracle, got, w, odd, dtype, tol, note, scale, partial) -> CheckResult:
     """The elements where the oracle is finite judged; the others cannot be."""
     g = np.asarray(got, np.float64)
     if np.shape(g) != np.shape(w):  # no element to set aside: judge as given
         g = np.broadcast_to(g, np.shape(w))
     r = compare(name, oracle, np.where(odd, 0.0, g), np.where(odd, 0.0, w), dtype, tol, "", scale)
     where = f"{int(odd.sum())} of {odd.size} elements"
-    if r.status == "failed":
-        why = f"judged where the {oracle}'s value is finite (it is not at {where})"
+    if r.status == "failed" or (partial and not odd.all()):
+        first = [int(i) for i in np.argwhere(odd)[0]] if odd.ndim else []
+        why = (
+            f"judged where the {oracle}'s value is finite; not finite at {where} (first "
+            f"{first}), not judged there (a singular point: the rule's convention there "
+            "is its own)"
+        )
         return dataclasses.replace(r, note=f"{note}; {why}" if note else why)
     why = f"the {oracle}'s value is not finite at {where}: it cannot judge there"
     return dataclasses.replace(

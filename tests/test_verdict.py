@@ -120,17 +120,16 @@ def cube(x):
 cube.defvjp(lambda x: (x**3, x), lambda x, g: (3 * g * x**2,))
 
 
-def test_assert_vjp_refuses_a_second_order_nothing_judged():
-    """order=2 asked for, but the reference cannot be differentiated twice: the first
-    order is judged, the second is not, and assert_vjp says so instead of passing."""
+def test_a_second_order_the_reference_cannot_judge_is_judged_by_differences():
+    """order=2, and the reference cannot be differentiated twice: its result is
+    inconclusive and says why; central differences of the rule's VJP judge instead (before
+    the integrity issue nothing did, and the contract went unjudged)."""
     x = jnp.linspace(0.5, 1.5, 4)
     results = jr.check_vjp(cube, x, reference=_cube_by_callback, order=2)
     second = [r for r in results if r.oracle == "second_order"]
-    assert second and all(r.status == "inconclusive" for r in second), second
-    assert "could not be differentiated twice" in second[0].note
-    with pytest.raises(AssertionError, match=r"x \[second_order\]"):
-        jr.assert_vjp(cube, x, reference=_cube_by_callback, order=2)
-    jr.assert_vjp(cube, x, reference=_cube_by_callback, order=2, allow_inconclusive=True)
+    assert sorted(r.status for r in second) == ["inconclusive", "passed"], second
+    assert any("could not be differentiated twice" in r.note for r in second)
+    jr.assert_vjp(cube, x, reference=_cube_by_callback, order=2)
 
 
 def test_nan_is_never_agreement():

@@ -23,18 +23,33 @@ __all__ = ["Engine", "build_engine", "finite_difference_results"]
 
 
 def finite_difference_results(
-    loss_fn, params, grads, args=(), *, seed=0, directions=2, max_tries=12, scales=None
+    loss_fn,
+    params,
+    grads,
+    args=(),
+    *,
+    seed=0,
+    directions=2,
+    max_tries=12,
+    scales=None,
+    what="loss_fn",
+    still=None,
 ) -> list[CheckResult]:
     """One finite-difference result per non-empty float leaf of `params`: `grads` (a
-    pytree like `params`) against the directional slopes of `loss_fn(params, *args)`."""
+    pytree like `params`) against the directional slopes of `loss_fn(params, *args)`.
+    `what` names the user's function in an error it raises; `still` ({leaf index: bool
+    mask}) holds elements still (where the loss is singular)."""
     with enable_x64():
-        engine = build_engine(loss_fn, params, grads, args, scales, directions, seed)
+        engine = build_engine(loss_fn, params, grads, args, scales, directions, seed, what, still)
         out = engine.screen()
         for i in sorted(engine.leaves):
             if i not in out:
                 out[i] = engine.localise(i, max_tries)
         dtypes = [jnp.result_type(p) for p in jax.tree.leaves(params)]
-        return [_dtype_kept(out[i], engine.leaves[i].gdtype, dtypes[i]) for i in sorted(out)]
+        results = [_dtype_kept(out[i], engine.leaves[i].gdtype, dtypes[i]) for i in sorted(out)]
+    if engine.why:  # judged in the loss's own precision: every result says so
+        results = [dataclasses.replace(r, note=f"{r.note}; {engine.why}") for r in results]
+    return results
 
 
 def _dtype_kept(r: CheckResult, gdtype, pdtype) -> CheckResult:

@@ -13,9 +13,10 @@ import numpy as np
 from jax_ref.finite_difference import stencil
 from jax_ref.finite_difference.probe import BIG, Probe
 from jax_ref.finite_difference.stencil import NOISE, STENCIL, Directional, directional
+from jax_ref.runtime import highest_precision
 from jax_ref.tolerances import tolerance
-from jax_ref.trees import is_float, leaf_name, rms, to64
-from jax_ref.verdict import CheckResult, inconclusive_check
+from jax_ref.trees import is_float, leaf_name, rms
+from jax_ref.verdict import CheckResult, inconclusive_check, powerless
 
 __all__ = ["Engine", "Leaf", "build_engine"]
 
@@ -59,11 +60,18 @@ class Leaf:
         # 16x closer costs little in noise (measured on the 814k MLP: docs/oracles.md).
         # A kink inside the stencil is looked at `closer` times closer.
         self.h0, self.closer = (stencil.H, 64) if self.n <= BIG else (stencil.H / 16, 16)
+        self.held = np.zeros(self.n, bool)  # elements held still: singular points
 
 
-def build_engine(loss_fn, params, grads, args, scales, directions, seed) -> Engine:
-    """The finite-difference machinery at this point, in float64 (inside enable_x64)."""
-    p64, a64 = to64(params), to64(args)
+def build_engine(
+    loss_fn, params, grads, args, scales, directions, seed, what="loss_fn", still=None
+) -> Engine:
+    """The finite-difference machinery at this point, in float64 (inside enable_x64), or
+    in the loss's own precision where it runs in no other (`Engine.why` says so)."""
+    (p64, *a64), precision, why = highest_precision(
+        lambda p, *a: loss_fn(p, *a), (params, *args), what
+    )
+    a64 = tuple(a64)
     flat, treedef = jax.tree.flatten_with_path(p64)
     values = [np.asarray(x) for _, x in flat]
     grad_leaves = jax.tree.leaves(grads)
@@ -80,8 +88,11 @@ def build_engine(loss_fn, params, grads, args, scales, directions, seed) -> Engi
     K = max(int(directions), 2)  # a point kink whose jumps cancel must not decide alone
     steps = [leaves[i].s if i in leaves else 0.0 for i in range(len(values))]
     size = 1 + NOISE + 6 * K
-    probe = Probe(loss_fn, treedef, [jnp.asarray(v) for v in values], steps, a64, size)
-    return Engine(probe, leaves, len(values), K, np.random.default_rng(seed))
+    probe = Probe(loss_fn, treedef, [jnp.asarray(v) for v in values], steps, a64, size, what)
+    engine = Engine(probe, leaves, len(values), K, np.random.default_rng(seed))
+    engine.precision, engine.why = precision, why
+    engine.still = {i: np.asarray(m, bool).ravel() for i, m in (still or {}).items()}
+    return engine
 
 
 @dataclasses.dataclass
@@ -124,6 +135,18 @@ class _Tally:
         return note
 
 
+def _held(leaf) -> str:
+    """The note on a leaf's elements held still, if any."""
+    k = int(leaf.held.sum())
+    if not k:
+        return ""
+    return (
+        f"; {k} of {leaf.n} elements held still and not judged: the reference's derivative "
+        "is not finite there and the loss ends on one side (a singular point, where the "
+        "rule's convention is its own)"
+    )
+
+
 class Engine:
     """The screen (all leaves along shared directions) and the per-leaf localisation."""
 
@@ -132,11 +155,15 @@ class Engine:
         self.last = None  # the signs of the last round, per leaf, on the host
         self.last_dev = None  # the same on the device
         self._hand_cache = {}  # leaf -> the hand directional derivatives along self.last
+        self.precision, self.why = "float64", ""  # what the loss was evaluated in, and why
+        self.still = {}  # leaf -> elements where the reference's derivative is not finite
 
     # --- directions ---------------------------------------------------------------------
 
     def _signs(self, leaf, density):
         r = _rademacher(self.rng, (self.K, *leaf.shape))
+        if leaf.held.any():  # singular elements never move
+            r = r * (~leaf.held).reshape(leaf.shape).astype(np.int8)
         if density >= 1.0:
             return r
         keep = self.rng.random(r.shape) < density
@@ -282,12 +309,29 @@ class Engine:
 
     # --- one leaf alone -----------------------------------------------------------------
 
+    def _hold_singular(self, i) -> None:
+        """Hold still the elements of leaf i where the reference's derivative is not finite
+        (the hint) and the loss is not finite on a side (its domain ends there: sqrt at
+        0). Elsewhere (a norm at 0, finite on both sides) differences still judge."""
+        leaf, hint = self.leaves[i], self.still.get(i)
+        if hint is None or not hint.any():
+            return
+        idx = np.flatnonzero(hint)[:256]
+        rows = self.coordinates(i, [int(c) for c in idx])
+        leaf.held[idx[[r.verdict == "non-finite" for r in rows]]] = True
+
     def localise(self, i, max_tries) -> CheckResult:
         """Leaf i alone: K directions at a time, a kinked one looked at closer, then
         replaced, until K judge it or max_tries are spent."""
         leaf, mask = self.leaves[i], self._mask(only=i)
-        bad = int(np.size(leaf.g) - np.count_nonzero(np.isfinite(leaf.g)))
-        if bad and math.isfinite(self._loss_at_point(mask)):
+        at_point = self._loss_at_point(mask)
+        if not math.isfinite(at_point):
+            return self._unjudged(leaf, f"the loss is not finite at the point ({at_point})")
+        self._hold_singular(i)
+        if leaf.held.all():
+            return self._unjudged(leaf, "every element sits on a singular point" + _held(leaf))
+        bad = int(np.count_nonzero(~np.isfinite(leaf.flat_g) & ~leaf.held))
+        if bad:
             return CheckResult(
                 parameter=leaf.name,
                 oracle=ORACLE,
@@ -309,7 +353,7 @@ class Engine:
                 # every direction so far crosses a kink sitting at the point: try sparser
                 # ones, which may step around the kinked elements
                 t.density = max(t.density / 4, 1.0 / max(leaf.n, 1))
-        return self._conclude(i, t, t.note(h))
+        return self._conclude(i, t, t.note(h) + _held(leaf))
 
     def _loss_at_point(self, mask) -> float:
         dirs = self.last_dev if self.last_dev is not None else self._dirs()
@@ -398,7 +442,7 @@ class Engine:
                 f"is as large as the slope itself, so even a zero gradient would agree: {note}"
             )
             return self._result(leaf, "inconclusive", t, math.inf, note)
-        if ok and not t.covered.all():
+        if ok and not (t.covered | leaf.held).all():
             # sparse directions saw only some elements: the rest sit on a kink at the point,
             # where an error (or a convention) goes unseen. Agreement there is no pass.
             note = (
@@ -406,7 +450,7 @@ class Engine:
                 f"{t.covered.sum()} of {leaf.n} elements, the others cannot be judged: {note}"
             )
             return self._result(leaf, "inconclusive", t, math.inf, note)
-        return self._result(leaf, "passed" if ok else "failed", t, det, note)
+        return powerless(self._result(leaf, "passed" if ok else "failed", t, det, note))
 
     def _unjudged(self, leaf, note, **measures) -> CheckResult:
         return inconclusive_check(

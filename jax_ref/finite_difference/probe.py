@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_ref.affine import line_values
+from jax_ref.runtime import OwnCodeError
+from jax_ref.trees import error_text
 
 __all__ = ["BIG", "Probe", "loss_resolution"]
 
@@ -33,7 +35,7 @@ def _phi(loss_fn, treedef, moving, batched, line, leaves, signs, steps, ts, ks, 
             moved[line] = x
             return loss_fn(jax.tree.unflatten(treedef, moved), *args)
 
-        B = steps[line] * signs[line].astype(leaves[line].dtype)
+        B = (steps[line] * signs[line]).astype(leaves[line].dtype)
         return line_values(along, leaves[line], B, ts * masks[:, line], ks)
 
     def one(point):
@@ -41,7 +43,8 @@ def _phi(loss_fn, treedef, moving, batched, line, leaves, signs, steps, ts, ks, 
         moved = []
         for i, (x, d) in enumerate(zip(leaves, signs)):
             still = d is None or (moving is not None and not moving[i])
-            moved.append(x if still else x + (t * m[i] * steps[i]) * d[k].astype(x.dtype))
+            # the step in x's own dtype: a loss that runs only in float32 stays there
+            moved.append(x if still else x + ((t * m[i] * steps[i]) * d[k]).astype(x.dtype))
         return loss_fn(jax.tree.unflatten(treedef, moved), *args)
 
     if batched:
@@ -55,8 +58,9 @@ class Probe:
     The directions travel as int8 signs (−1, 0, +1) and one scale per leaf: a direction of
     a million-element leaf is 1 MB, not 8, both across to the device and read per point."""
 
-    def __init__(self, loss_fn, treedef, leaves, steps, args, size):
+    def __init__(self, loss_fn, treedef, leaves, steps, args, size, what="loss_fn"):
         self.loss_fn, self.treedef, self.leaves, self.args = loss_fn, treedef, leaves, args
+        self.what = what  # whose function the loss is, for an error it raises
         self.steps = jnp.asarray(steps, jnp.float64)  # each leaf's scale s_l
         self.size = size
         self.big = sum(int(np.size(x)) for x in leaves) > BIG
@@ -88,15 +92,22 @@ class Probe:
             rest = (self.leaves, dirs, self.steps, ts, ks, ms, *self.args)
             try:
                 vals = call(line, *rest)
-            except Exception:  # the line walk's fault, or the user's loss (re-raised)
+            except Exception as e:  # the line walk's fault, or the user's loss
                 if line is None:
-                    raise  # the user's loss raised: theirs to see
+                    raise self._theirs(e) from e
                 # an operation the affine walk cannot handle: evaluate the plain way
                 self.no_line.add(moving)
                 line = None
-                vals = call(line, *rest)
+                try:
+                    vals = call(line, *rest)
+                except Exception as e2:  # the user's loss raised: theirs to see
+                    raise self._theirs(e2) from e2
             out += [float(v) for v in np.asarray(vals)[: len(chunk)]]
         return out
+
+    def _theirs(self, e):
+        where = "at finite-difference points near the given point (steps of ~1e-4 of each"
+        return OwnCodeError(f"{self.what} raised {where} leaf's rms): {error_text(e)}")
 
 
 # loss_fn -> {(treedef, dtypes): eps}; weak, so that a cached entry never keeps a loss (and

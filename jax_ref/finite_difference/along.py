@@ -1,0 +1,145 @@
+"""Central differences of a vector-valued function along one tangent, element by element:
+the finite-difference oracle of a JVP's output tangents and of second derivatives (the
+derivative of a rule's VJP), and the witness that settles a disagreement between a rule
+and the reference's autodiff.
+
+    d = differences_along(fn, x, u, what="f")     # fn(x) -> list of arrays
+    d.judge(name, oracle, hand, dtype)             # hand ≈ d/dt fn(x + t u) at t = 0
+    d.overrule(result, hand, want)                 # the reference disagrees with d?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_ref.finite_difference.stencil import STENCIL, H
+from jax_ref.runtime import enable_x64, highest_precision
+from jax_ref.tolerances import tolerance
+from jax_ref.verdict import CheckResult, inconclusive_check
+
+__all__ = ["Along", "differences_along", "flat"]
+
+
+def flat(tree) -> np.ndarray:
+    """The float leaves of a pytree, raveled and concatenated, in float64."""
+    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]
+    return np.concatenate(leaves) if leaves else np.zeros(0)
+
+
+@dataclasses.dataclass
+class Along:
+    """d/dt fn(x + t u) at 0 per output element: Richardson's estimate, its error bound
+    (inf where a kink or a non-finite value sits inside the stencil), and the precision
+    the differences ran in."""
+
+    est: np.ndarray
+    bound: np.ndarray
+    precision: str
+    why: str  # why not float64, or ""
+
+    @property
+    def reliable(self) -> np.ndarray:
+        return np.isfinite(self.est) & np.isfinite(self.bound)
+
+    def judge(self, name, oracle, hand, dtype, natural=0.0, note="") -> CheckResult:
+        """`hand` (flat, output-shaped) against the differences, element by element:
+        failed where it is off by more than the bound plus the dtype's rounding."""
+        g = flat(hand)
+        ok = self.reliable
+        kw = dict(dtype=jnp.dtype(dtype).name, shape=(int(g.size),))
+        if not ok.any():
+            why = "finite differences are not smooth or not finite at any element"
+            return inconclusive_check(name, oracle, _join(note, why), **kw)
+        scale = max(float(np.max(np.abs(self.est[ok]))), float(np.max(np.abs(g[ok]))), natural)
+        scale = scale if scale > 0 else 1.0
+        allowed = self.bound + tolerance(dtype) * scale
+        with np.errstate(invalid="ignore"):
+            diff = np.where(ok, np.abs(g - self.est), 0.0)
+            diff = np.where(ok & ~np.isfinite(g), np.inf, diff)
+        w = int(np.argmax(np.where(ok, diff / np.maximum(allowed, 1e-300), -1.0)))
+        bad = ok & ~(diff <= allowed)
+        det = float(np.max(allowed[ok])) / scale
+        status = "failed" if bad.any() else ("passed" if det < 1 else "inconclusive")
+        parts = [note, f"central differences in {self.precision} along the tangent"]
+        if (~ok).any():
+            parts.append(f"{int((~ok).sum())} of {ok.size} elements not judged (a kink or NaN)")
+        if status == "inconclusive":
+            parts.append("their error bound is as large as the values: nothing judged")
+        return CheckResult(
+            parameter=name,
+            oracle=oracle,
+            status=status,
+            note="; ".join(p for p in [*parts, self.why] if p),
+            max_abs_err=float(diff[w]),
+            max_rel_err=float(diff[w] / scale),
+            tolerance=float(allowed[w] / scale),
+            worst_index=(w,),
+            got=float(g[w]),
+            want=float(self.est[w]),
+            detectable_rel_err=det,
+            **kw,
+        )
+
+    def overrule(self, result: CheckResult, hand, want, what="reference's derivative"):
+        """A failed comparison of `hand` with the reference's `want`, looked at where they
+        differ: if the differences are reliable there and side with the hand value, the
+        reference is wrong there, a finding about the oracle (inconclusive, saying where);
+        otherwise the failure stands."""
+        if result.status != "failed":
+            return result
+        g, w = flat(hand), flat(want)
+        scale = max(float(np.max(np.abs(g), initial=0)), float(np.max(np.abs(w), initial=0)))
+        tol = max(result.tolerance, 0.0) * max(scale, 1e-300)
+        with np.errstate(invalid="ignore"):
+            differ = ~(np.abs(g - w) <= tol)
+        if not differ.any() or not self.reliable[differ].all():
+            return result
+        near = np.abs(g - self.est) <= self.bound + tol
+        far = ~(np.abs(w - self.est) <= self.bound + tol)
+        if not (near[differ].all() and far[differ].all()):
+            return result
+        i = int(np.flatnonzero(differ)[np.argmax(np.abs(g - w)[differ])])
+        note = (
+            f"the {what} disagrees with finite differences at {int(differ.sum())} of "
+            f"{differ.size} elements (worst [{i}]: reference {w[i]:.6g}, finite differences "
+            f"{self.est[i]:.6g} ± {self.bound[i]:.2g}, rule {g[i]:.6g}): a finding about the "
+            "reference, not a verdict on the rule"
+        )
+        return dataclasses.replace(
+            result, status="inconclusive", detectable_rel_err=math.inf, note=note
+        )
+
+
+def _join(a, b):
+    return f"{a}; {b}" if a else b
+
+
+def differences_along(fn, x, u, what="f", eps=None) -> Along:
+    """Central differences of `fn` (a pytree -> pytree of float arrays) at x along u, at
+    steps h, h/2, h/4 (h = H), Richardson-extrapolated; in float64 where fn runs there."""
+    with enable_x64():
+        (x_, u_), precision, why = highest_precision(lambda a, b: fn(a), (x, u), what)
+        f = jax.jit(lambda t: fn(jax.tree.map(lambda a, b: a + (t * b).astype(a.dtype), x_, u_)))
+        ts = [s * H for s in STENCIL]
+        plus = [flat(f(t)) for t in ts]
+        minus = [flat(f(-t)) for t in ts]
+        center = flat(f(0.0))
+    unit = float(jnp.finfo(jnp.float64 if precision == "float64" else jnp.float32).eps)
+    if precision not in ("float64", "float32"):
+        unit = max(unit, 2.0**-8)
+    unit = eps if eps is not None else unit
+    D = [(p - m) / (2 * t) for p, m, t in zip(plus, minus, ts)]
+    d1, d2 = D[0] - D[1], D[1] - D[2]
+    values = np.stack([center, *plus, *minus])
+    with np.errstate(invalid="ignore"):
+        noise = 8 * unit * np.max(np.abs(values), axis=0) / ts[-1]
+        est = D[2] - d2 / 3
+        bound = 3 * noise + np.abs(d2) / 3 + np.abs(d1 - 4 * d2) / 12
+        kink = np.abs(d2) > 0.4 * np.abs(d1) + noise
+    bad = ~np.all(np.isfinite(values), axis=0) | kink
+    return Along(np.where(bad, np.nan, est), np.where(bad, np.inf, bound), precision, why)
