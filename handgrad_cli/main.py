@@ -405,6 +405,8 @@ def _print_check_table(report: dict) -> None:
     )
     for u in report["unjudged"][:10]:
         print(f"  not judged: {u}")
+    for c in [c for c in report["checks"] if c["status"] == "failed"][:20]:
+        print(f"  FAILED {c['function']}: {c['parameter']} [{c['oracle']}]: {c['note']}")
     bad = [e for e in report["ledger"] if not e["passed"]]
     if not report["ledger"]:
         return

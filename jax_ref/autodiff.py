@@ -96,6 +96,21 @@ def singular_elements(loss_fn, params, args) -> dict[int, np.ndarray]:
     return {i: m for i, m in masks.items() if m.any()}
 
 
+def _odd_inputs(params, args) -> str:
+    """Which inputs hold NaN or inf (data, or parameters), as "; params.w: 1 NaN"."""
+    found = []
+    for head, tree in (("params", params), ("args", args)):
+        for path, x in jax.tree.leaves_with_path(tree):
+            if not is_float(x):
+                continue
+            a = np.asarray(x, np.float64)
+            nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+            if nan or inf:
+                what = ", ".join(f"{n} {w}" for n, w in ((nan, "NaN"), (inf, "inf")) if n)
+                found.append(f"{head}.{leaf_name(path)}: {what}")
+    return "; " + ", ".join(found) if found else ""
+
+
 def _unjudged_leaves(params, why) -> list[CheckResult]:
     return [
         inconclusive_check(
@@ -124,7 +139,10 @@ def autodiff_results(
     if jnp.ndim(ref_value) != 0:
         raise ValueError(f"{what} must return a scalar; got shape {jnp.shape(ref_value)}")
     if not np.isfinite(float(ref_value)):
-        why = f"{what} is not finite at the point ({float(ref_value)}): nothing can be judged there"
+        why = (
+            f"{what} is not finite at the point ({float(ref_value)}"
+            f"{_odd_inputs(params, args)}): nothing can be judged there"
+        )
         return _unjudged_leaves(params, why)
     golden, why = None, ""
     if _low_precision(params, grads):

@@ -307,10 +307,12 @@ def _composed_loss(fn, key):
 
 def _composed_args(inputs, out, rng):
     """(others, c1, c2, w, sigma) of the composed loss: two cotangents, the rescaling w
-    of the second call, and each output leaf's rms σ."""
+    of the second call (a factor per leaf), and each output leaf's rms σ."""
     fl = inputs.floats()
     c1, c2 = full_cotangent(rng, out), full_cotangent(rng, out)
-    w = {k: np.asarray(0.25 * rng.uniform(-1, 1, np.shape(v)), np.float64) for k, v in fl.items()}
+    # one factor per leaf, not per element: a symmetric, triangular or sparse input (a
+    # covariance) stays so, and the rule is asked only where it was written for
+    w = {k: np.float64(0.25 * rng.uniform(-1, 1)) for k in fl}
     sigma = jax.tree.map(
         lambda y: np.float64(max(rms(y), 1e-30) if is_float(y) and np.size(y) else 1.0), out
     )

@@ -25,6 +25,7 @@ __all__ = [
     "gradcheck_markdown",
     "mutants_markdown",
     "plot_gradcheck",
+    "plot_limits",
     "replace_section",
     "to_json",
     "versions",
@@ -196,55 +197,93 @@ def _verdict(ok: bool) -> str:
     return "✅ pass" if ok else "❌ FAIL"
 
 
+def _ratio(c: dict) -> float:
+    """A judged check's error over its tolerance (inf for a failure with no number)."""
+    err, tol = c["max_rel_err"], c["tolerance"]
+    if err is None or (isinstance(err, float) and math.isnan(err)):
+        return math.inf if _status(c) == "failed" else 0.0
+    if tol is None or not tol > 0:
+        return math.inf if err > 0 else 0.0
+    return err / tol
+
+
+def plot_limits(checks) -> tuple[float, float, float]:
+    """(bottom, top, band) of the plot's y-axis: exact results at the bottom, the axis up
+    to 10x the largest judged error/tolerance (at least 1e3), failures with no finite
+    error in a band above it."""
+    ratios = [_ratio(c) for c in checks if _status(c) != "inconclusive"]
+    top = max([1e3, *(10 * r for r in ratios if math.isfinite(r))])
+    return 1e-12, top, top * 3
+
+
+def _draw_points(ax, checks, columns, floor, band) -> None:
+    """The scatter of plot_gradcheck: one group per oracle, dtype and status."""
+    from jax_ref.verdict import ORACLES
+
+    markers = {"autodiff": "o", "finite_difference": "^", "referee": "s"}
+    colors = {"float64": "tab:blue", "float32": "tab:orange", "bfloat16": "tab:green"}
+    for (oracle, dtype, status), group in group_by(
+        [dict(c, _s=_status(c)) for c in checks], ("oracle", "dtype", "_s")
+    ).items():
+        col = lambda c: c["function"] if c["oracle"] in ORACLES else f"contract: {c['oracle']}"  # noqa: E731
+        xs = [columns.index(col(c)) + (_jitter_seed(c) % 41 - 20) / 60 for c in group]
+        if status == "inconclusive":
+            ax.scatter(xs, [floor * 2] * len(xs), s=14, marker="x", color="gray")
+            continue
+        ys = [min(max(_ratio(c), floor), band) for c in group]
+        failed = status == "failed"
+        ax.scatter(
+            xs,
+            ys,
+            s=40 if failed else 10,
+            alpha=0.9 if failed else 0.6,
+            marker="X" if failed else markers.get(oracle, "D"),
+            color="red" if failed else colors.get(dtype, "gray"),
+            edgecolors="black" if failed else "none",
+            label=f"{oracle}, {dtype}" + (" FAILED" if failed else ""),
+        )
+
+
 def plot_gradcheck(report: dict, path) -> None:
-    """Every check's error against its tolerance, log scale: points under the line pass."""
+    """Every check's error against its tolerance, log scale: points under the line pass.
+    Every result is drawn: failures in red, above the line, however far (the axis grows to
+    the largest; a failure with no finite error sits in the band at the top); contract
+    checks in their own columns at the right; inconclusive ones as gray crosses at the
+    bottom; the verdict in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jax_ref.verdict import ORACLES
+
     checks = report["checks"]
-    functions = list(dict.fromkeys(c["function"] for c in checks))
-    floor = 1e-12
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    markers = {"autodiff": "o", "finite_difference": "^", "referee": "s"}
-    colors = {"float64": "tab:blue", "float32": "tab:orange"}
-    for (oracle, dtype), group in group_by(checks, ("oracle", "dtype")).items():
-        xs, ys = [], []
-        for c in group:
-            if _status(c) == "inconclusive":
-                continue
-            i = functions.index(c["function"])
-            jitter = (_jitter_seed(c) % 41 - 20) / 60
-            ratio = c["max_rel_err"] / c["tolerance"] if c["tolerance"] > 0 else 0.0
-            xs.append(i + jitter)
-            ys.append(max(ratio, floor) if math.isfinite(ratio) else 1e6)
-        ax.scatter(
-            xs,
-            ys,
-            s=10,
-            alpha=0.6,
-            marker=markers.get(oracle, "o"),
-            color=colors.get(dtype, "gray"),
-            label=f"{oracle}, {dtype}",
-        )
-    gray = [c for c in checks if _status(c) == "inconclusive"]
-    if gray:
-        ax.scatter(
-            [functions.index(c["function"]) + (_jitter_seed(c) % 41 - 20) / 60 for c in gray],
-            [floor * 2] * len(gray),
-            s=14,
-            marker="x",
-            color="gray",
-            label=f"inconclusive: not judged ({len(gray)})",
-        )
+    oracle_rows = [c for c in checks if c["oracle"] in ORACLES]
+    columns = list(dict.fromkeys(c["function"] for c in oracle_rows))
+    columns += list(
+        dict.fromkeys(f"contract: {c['oracle']}" for c in checks if c not in oracle_rows)
+    )
+    floor, top, band = plot_limits(checks)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
+    _draw_points(ax, checks, columns, floor, band)
+    counts = {s: sum(_status(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")}
+    ax.scatter([], [], marker="x", color="gray", label=f"inconclusive ({counts['inconclusive']})")
     ax.axhline(1.0, color="red", lw=1)
-    ax.text(len(functions) - 0.5, 1.3, "fails above this line", color="red", ha="right", fontsize=8)
+    ax.axhspan(top, band * 2, color="red", alpha=0.08)
+    ax.text(len(columns) - 0.5, 1.3, "fails above this line", color="red", ha="right", fontsize=8)
+    ax.text(
+        len(columns) - 0.5, band, "failed, no finite error", color="red", ha="right", fontsize=7
+    )
     ax.set_yscale("log")
-    ax.set_ylim(floor / 2, 1e3)
-    ax.set_xticks(range(len(functions)), functions, rotation=20, fontsize=8)
+    ax.set_ylim(floor / 2, band * 2)
+    ax.set_xticks(range(len(columns)), columns, rotation=20, fontsize=8)
     ax.set_ylabel("error / tolerance (exact or < 1e-12: bottom)")
-    ax.set_title(f"handgrad check, seed {report['seed']}: {len(checks)} checks")
+    word = "PASS" if report["passed"] else "FAIL"
+    ax.set_title(
+        f"{word}: {len(checks)} checks, {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['inconclusive']} inconclusive (seed {report['seed']})",
+        color="black" if report["passed"] else "red",
+    )
     ax.legend(fontsize=7, loc="upper left", ncol=3)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
@@ -342,6 +381,25 @@ def _function_table(derivation: str, function: str, rows: list[dict]) -> list[st
     return [*lines, ""]
 
 
+def _failure_lines(checks: list[dict]) -> list[str]:
+    """Every failed check, with what failed and why (a contract's reason is only here)."""
+    failed = [c for c in checks if _status(c) == "failed"]
+    if not failed:
+        return []
+    lines = [
+        "## What failed, and why",
+        "",
+        "| function | parameter | check | why | rel err | tolerance |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {cell(c['function'])} | {cell(c['parameter'])} | {c['oracle']} | "
+        f"{cell(c['note'] or '-')} | {_fmt(c['max_rel_err'])} | {_fmt(c['tolerance'])} |"
+        for c in failed
+    ]
+    return [*lines, ""]
+
+
 def _inconclusive_table(checks: list[dict]) -> list[str]:
     reasons = collections.Counter(
         (c["derivation"], c["oracle"], c["note"].split(":")[0])
@@ -403,6 +461,7 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
         report["checks"], ("derivation", "function")
     ).items():
         lines += _function_table(derivation, function, rows)
+    lines += _failure_lines(report["checks"])
     lines += _inconclusive_table(report["checks"])
     if report["ledger"]:
         lines += _ledger_lines(report["ledger"])

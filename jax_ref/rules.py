@@ -48,6 +48,7 @@ from jax_ref.tangents import (
     fill_cotangent,
     natural_scales,
     normalise_cts,
+    output_cotangent,
     pair,
     pairing_loss,
     random_like,
@@ -276,7 +277,7 @@ def check_vjp(
     ref, ref_why = _reference_for(f, vjp is not None, reference)
     rule = _rule_from_vjp(f, vjp)
     out = _run_theirs(f, primals, reference)
-    ct = random_like(rng, out)
+    ct = output_cotangent(rng, out)
     ct_full = fill_cotangent(out, ct)
     if not any(is_float(o) for o in jax.tree.leaves(out)):
         raise ValueError("check_vjp: f has no floating-point output")
@@ -393,6 +394,7 @@ def _jvp_differences(inputs, U, n, out, f=None):
         np.concatenate([p.bound for p in parts]),
         parts[0].precision,
         parts[0].why,
+        np.concatenate([p.kink0 for p in parts]),
     )
 
 
@@ -472,7 +474,7 @@ def check_jvp(
     ref, ref_why = _reference_for(f, jvp is not None, reference)
     rule = _rule_from_jvp(f, jvp)
     out = _run_theirs(f, primals, reference)
-    ct = random_like(rng, out)
+    ct = output_cotangent(rng, out)
     fl = inputs.floats()
     held = _singular_inputs(f, ref, inputs, ct)
     U = _tangents(rng, fl, held)

@@ -25,6 +25,7 @@ __all__ = [
     "full_cotangent",
     "natural_scales",
     "normalise_cts",
+    "output_cotangent",
     "output_names",
     "pair",
     "pairing_loss",
@@ -112,6 +113,20 @@ def random_like(rng, tree, scale_by_rms=False):
         return jnp.asarray(r, jnp.result_type(x))
 
     return jax.tree.map(one, tree)
+
+
+def output_cotangent(rng, out):
+    """A random cotangent for f's output (`random_like`), 0 at the output's non-finite
+    entries (logaddexp(-inf, -inf) = -inf): ⟨ȳ, f(x)⟩ stays finite, and the rule is judged
+    where f is."""
+
+    def zero_where_odd(o, c):
+        if c is None:
+            return None
+        odd = ~np.isfinite(np.asarray(o, np.float64))
+        return jnp.where(odd, 0, c) if odd.any() else c
+
+    return jax.tree.map(zero_where_odd, out, random_like(rng, out), is_leaf=lambda x: x is None)
 
 
 def zero_ct(x):

@@ -80,8 +80,10 @@ def rel_error(got, want, scale: float = 0.0) -> tuple[float, float, tuple[int, .
     the computation (jax_ref.scales) where cancellation makes the result smaller than the
     numbers its rounding came from.
 
-    A NaN or inf anywhere in `got` or `want` (where the other is finite) is an infinite
-    error at its index: a non-finite gradient never passes."""
+    A NaN or inf anywhere in `got` or `want` is an infinite error at its index, NaN against
+    NaN included (NaN is never agreement); so is inf against inf: a non-finite gradient
+    never passes. (`jax_ref.verdict.compare` sets aside the oracle's non-finite entries
+    first: there the oracle cannot judge.)"""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled just below
@@ -92,8 +94,8 @@ def rel_error(got, want, scale: float = 0.0) -> tuple[float, float, tuple[int, .
         scale = max(float(np.max(np.abs(got))), float(np.max(np.abs(want))), float(scale))
         rel = 0.0 if max_abs == 0.0 else (max_abs / scale if scale > 0 else np.inf)
         return max_abs, rel, tuple(int(i) for i in idx)
-    both_nan = np.isnan(got) & np.isnan(want)
-    diff = np.where(both_nan, 0.0, np.where(np.isfinite(diff), diff, np.inf))
+    odd = ~(np.isfinite(got) & np.isfinite(want))
+    diff = np.where(odd, np.inf, diff)
     if diff.size == 0:
         return 0.0, 0.0, ()
     idx = np.unravel_index(int(np.argmax(diff)), diff.shape)

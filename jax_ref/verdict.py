@@ -262,4 +262,26 @@ def assert_verdict(
             "allow_inconclusive=True to accept that)"
         )
     lines = "\n".join("  " + r.describe() for r in shown)
-    raise AssertionError(f"{msg}:\n{lines}")
+    raise AssertionError(f"{msg}:\n{lines}" + _scale_hint(v.failed))
+
+
+def _scale_hint(failed) -> str:
+    """When every oracle fails a low-precision leaf by a small margin (under 10x its
+    tolerance), rounding at a scale above the gradient's own is the likelier cause than a
+    wrong formula (a VJP whose terms cancel): say so, and how to tell the check."""
+    by_leaf: dict[str, list] = {}
+    for r in failed:
+        if r.oracle in ORACLES:
+            by_leaf.setdefault(r.parameter, []).append(r)
+    hints = []
+    for leaf, rs in by_leaf.items():
+        oracles = {r.oracle for r in rs}
+        low = all(r.dtype not in ("float64", "-") for r in rs)
+        small = all(r.tolerance > 0 and r.max_rel_err <= 10 * r.tolerance for r in rs)
+        if low and small and len(oracles) >= 2:
+            hints.append(
+                f"\n  {leaf}: every oracle fails it by a small margin (under 10x the tolerance) "
+                f"in {rs[0].dtype}: if this gradient is far below the scale its rounding lives "
+                f"on (terms that cancel), pass scales={{'{leaf}': that scale}} to judge it there"
+            )
+    return "".join(hints)

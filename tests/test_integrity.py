@@ -12,7 +12,7 @@ import pytest
 
 import jax_ref as jr
 from jax_ref.runtime import OwnCodeError
-from jax_ref.verdict import verdict
+from jax_ref.verdict import failed_check, verdict
 
 
 def _x(n, seed=0, lo=-1.0, hi=1.0, dtype=np.float64):
@@ -310,3 +310,57 @@ def test_a_loss_that_raises_only_away_from_the_point_is_named():
 
     with pytest.raises(OwnCodeError, match=r"loss_fn raised .*finite-difference"):
         jr.check_gradients(loss, lambda w: jnp.ones(3), jnp.ones(3), oracles=("finite_difference",))
+
+
+# --- reports that show what happened --------------------------------------------------------
+
+
+def _rows():
+    base = {"derivation": "d", "function": "f", "case": "c"}
+    far = jr.CheckResult(
+        parameter="w",
+        oracle="autodiff",
+        status="failed",
+        dtype="float64",
+        max_rel_err=1e-1,
+        tolerance=1e-10,
+        detectable_rel_err=1e-10,
+    )
+    contract = failed_check("x", "vmap", "batched cotangent of shape (3,), want (3, 2)")
+    return [{**base, **far.to_dict()}, {**base, **contract.to_dict()}]
+
+
+def test_reports_show_every_failure_and_why(tmp_path):
+    """Before: the PNG's axis stopped at 1e3 (a 1e9x failure was drawn off the chart), a
+    contract failure sat with the passes, and its reason was only in the JSON."""
+    from jax_ref.report import assemble_report, gradcheck_markdown, plot_limits
+
+    report = assemble_report(0, ["d"], _rows(), [])
+    _, top, band = plot_limits(report["checks"])
+    assert top >= 1e9 * 10 and band > top  # the 1e9x failure is on the chart
+    md = gradcheck_markdown(report, "gradcheck.png")
+    assert "batched cotangent of shape (3,), want (3, 2)" in md
+    pytest.importorskip("matplotlib")
+    from jax_ref.report import plot_gradcheck
+
+    plot_gradcheck(report, tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_a_small_low_precision_failure_names_scales():
+    from jax_ref.verdict import assert_verdict, compare
+
+    got, want = np.array([1.0, 1e-3]), np.array([1.0, 1e-3 + 3e-4])
+    rs = [compare("w", o, got, want, np.float32, 1e-4) for o in ("autodiff", "finite_difference")]
+    with pytest.raises(AssertionError, match=r"pass scales=\{'w'"):
+        assert_verdict(rs, "gradient")
+
+
+def test_nan_against_nan_is_never_agreement_in_the_error_measure():
+    """Before: rel_error(NaN, NaN) = 0, and the referee's `close` passed NaN against NaN."""
+    from jax_ref.properties import close
+    from jax_ref.tolerances import rel_error
+
+    assert rel_error(np.array([1.0, np.nan]), np.array([1.0, np.nan]))[1] == np.inf
+    with pytest.raises(AssertionError, match="rel err inf"):
+        close("f", np.array([np.nan]), np.array([np.nan]), np.float64)

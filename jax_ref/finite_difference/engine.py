@@ -77,7 +77,8 @@ def build_engine(
     grad_leaves = jax.tree.leaves(grads)
     leaf_scales = [0.0] * len(values) if scales is None else jax.tree.leaves(scales)
     idx = [i for i, x in enumerate(values) if is_float(x) and np.size(x) > 0]
-    scale = {i: rms(values[i]) for i in idx}
+    # each leaf's own scale, over its finite entries (an input of -inf moves by 0 there)
+    scale = {i: rms(values[i][np.isfinite(values[i])]) for i in idx}
     fallback = max(scale.values(), default=0.0) or 1.0
     leaves = {
         i: Leaf(
@@ -442,15 +443,53 @@ class Engine:
                 f"is as large as the slope itself, so even a zero gradient would agree: {note}"
             )
             return self._result(leaf, "inconclusive", t, math.inf, note)
-        if ok and not (t.covered | leaf.held).all():
-            # sparse directions saw only some elements: the rest sit on a kink at the point,
-            # where an error (or a convention) goes unseen. Agreement there is no pass.
+        rest = np.flatnonzero(~(t.covered | leaf.held))
+        if ok and rest.size and rest.size <= 64:
+            # sparse directions saw only some elements: look at the others one by one
+            verdict, why = self._one_sided(i, rest)
+            if verdict == "failed":
+                return self._result(leaf, "failed", t, det, f"{why}: {note}")
+            if verdict == "passed":
+                return powerless(self._result(leaf, "passed", t, det, f"{note}; {why}"))
+        if ok and rest.size:
+            # the rest sit on a kink at the point, where an error (or a convention) goes
+            # unseen. Agreement there is no pass.
             note = (
                 f"the point is on a kink: sparse directions stepping around it agree on "
                 f"{t.covered.sum()} of {leaf.n} elements, the others cannot be judged: {note}"
             )
             return self._result(leaf, "inconclusive", t, math.inf, note)
         return powerless(self._result(leaf, "passed" if ok else "failed", t, det, note))
+
+    def _one_sided(self, i, elements) -> tuple[str, str]:
+        """Elements of leaf i no judged direction moved, each alone: smooth there, the hand
+        value must match; on a kink at the point, it must lie between the one-sided slopes
+        (a convention: |x| or relu at 0); else it is not judged. (verdict, why):
+        "failed", "passed" (every element judged or within its slopes), or "unjudged"."""
+        leaf = self.leaves[i]
+        allow = 4 * tolerance(leaf.gdtype) * max(leaf.gmax, leaf.natural) * leaf.s
+        between = 0
+        for c, d in zip(elements, self.coordinates(i, [int(c) for c in elements])):
+            hand = leaf.s * leaf.flat_g[c]
+            if d.verdict in ("smooth", "constant", "flat"):
+                if not abs(hand - d.est) <= d.bound + allow:
+                    where = list(np.unravel_index(c, leaf.shape))
+                    return "failed", (
+                        f"alone, element {where} is smooth and its slope "
+                        f"{d.est / leaf.s:.6g} is not the hand value {leaf.flat_g[c]:.6g}"
+                    )
+            elif d.verdict == "kink at 0" and (
+                min(d.left, d.right) - d.bound - allow
+                <= hand
+                <= max(d.left, d.right) + d.bound + allow
+            ):
+                between += 1
+            else:
+                return "unjudged", ""
+        return "passed", (
+            f"{len(elements)} elements no judged direction moved, each judged alone ({between} "
+            "on a kink at the point, the hand value between its one-sided slopes: a convention)"
+        )
 
     def _unjudged(self, leaf, note, **measures) -> CheckResult:
         return inconclusive_check(
