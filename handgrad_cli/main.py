@@ -405,6 +405,12 @@ def _print_check_table(report: dict) -> None:
     )
     for u in report["unjudged"][:10]:
         print(f"  not judged: {u}")
+    apart = report.get("below_resolution", [])
+    if apart:
+        print(
+            f"{len(apart)} comparisons set apart, not counted: the referee's values sit below "
+            "the rounding of their scale (gradcheck.md says which)"
+        )
     for c in [c for c in report["checks"] if c["status"] == "failed"][:20]:
         print(f"  FAILED {c['function']}: {c['parameter']} [{c['oracle']}]: {c['note']}")
     bad = [e for e in report["ledger"] if not e["passed"]]

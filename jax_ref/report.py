@@ -381,6 +381,29 @@ def _function_table(derivation: str, function: str, rows: list[dict]) -> list[st
     return [*lines, ""]
 
 
+def _below_resolution_lines(rows: list[dict]) -> list[str]:
+    """The referee comparisons set apart: values wholly below their scale's rounding."""
+    if not rows:
+        return []
+    lines = [
+        "## Set apart: values below the resolution of their scale",
+        "",
+        "Within tolerance, but these comparisons could not have seen a 100 % error: the"
+        " referee's values sit wholly below the rounding of the scale they are computed on,"
+        " so no float computation resolves them. Not counted as checks.",
+        "",
+        "| function | parameter | case | value at the worst element | detects ≥ (of the largest entry) |",
+        "|---|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {cell(c['function'])} | {cell(c['parameter'])} | {cell(c['case'])} | "
+        f"{_fmt(abs(c['want']) if c['want'] is not None else None)} | "
+        f"{_fmt(c['detectable_rel_err'])} |"
+        for c in rows
+    ]
+    return [*lines, ""]
+
+
 def _failure_lines(checks: list[dict]) -> list[str]:
     """Every failed check, with what failed and why (a contract's reason is only here)."""
     failed = [c for c in checks if _status(c) == "failed"]
@@ -462,6 +485,7 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
     ).items():
         lines += _function_table(derivation, function, rows)
     lines += _failure_lines(report["checks"])
+    lines += _below_resolution_lines(report.get("below_resolution", []))
     lines += _inconclusive_table(report["checks"])
     if report["ledger"]:
         lines += _ledger_lines(report["ledger"])

@@ -43,6 +43,7 @@ def test_check_writes_deterministic_reports(tmp_path):
         "unjudged",
         "checks",
         "ledger",
+        "below_resolution",
     }
     assert sum(report["counts"].values()) == len(report["checks"])
     assert report["derivations"] == ["sigmoid_bce"]

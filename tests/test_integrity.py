@@ -364,3 +364,18 @@ def test_nan_against_nan_is_never_agreement_in_the_error_measure():
     assert rel_error(np.array([1.0, np.nan]), np.array([1.0, np.nan]))[1] == np.inf
     with pytest.raises(AssertionError, match="rel err inf"):
         close("f", np.array([np.nan]), np.array([np.nan]), np.float64)
+
+
+def test_the_sweep_sets_apart_values_below_their_scale_s_resolution():
+    """softmax_jacobian at saturated logits: entries ~1e-21 under probabilities' rounding.
+    Powerless there (a pass could not see a 100 % error), it is listed apart in the
+    sweep's report, not counted as a check and not a pass."""
+    from jax_ref.sweep import below_resolution
+    from jax_ref.verdict import compare
+
+    r = compare("J", "referee", np.array([1e-21]), np.array([2e-21]), np.float64, 1e-10, scale=1)
+    assert r.status == "inconclusive" and "100 %" in r.note
+    row = {"derivation": "d", "function": "f", "case": "c", **r.to_dict()}
+    assert below_resolution(row)
+    wrong = compare("J", "referee", np.array([1.0]), np.array([2e-21]), np.float64, 1e-10, 1)
+    assert not below_resolution({**row, **wrong.to_dict()})
