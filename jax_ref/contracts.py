@@ -137,10 +137,11 @@ def primal_vjp(f, vjp, ref, primals, out) -> list[CheckResult]:
 def jit_vjp(rule, primals, ct, cts, inputs) -> list[CheckResult]:
     """jax.jit(rule) against the rule run eagerly."""
     try:
-        jcts, why = normalise_cts(jax.jit(rule)(*primals, ct), inputs)
-    except Exception as e:  # the user's rule raised under jit
+        raw = jax.jit(rule)(*primals, ct)
+    except Exception as e:  # the user's rule raised under jit (only its call is guarded)
         why = f"the rule raised under jax.jit: {error_text(e)}"
         return [failed_check("cotangents", "jit", why)]
+    jcts, why = normalise_cts(raw, inputs)
     if jcts is None:
         return [failed_check("cotangents", "jit", why)]
     out = []
@@ -153,7 +154,11 @@ def _per_point_cts(rule, inputs, pts, cts_b):
     """The rule at each batch point, normalised: (list, "") or (None, why)."""
     singles = []
     for p, c in zip(pts, cts_b):
-        s, why = normalise_cts(rule(*jax.tree.unflatten(inputs.treedef, p), c), inputs)
+        try:
+            raw = rule(*jax.tree.unflatten(inputs.treedef, p), c)
+        except Exception as e:  # the user's rule raised at a batch point (only its call)
+            return None, f"the rule raised at a batch point: {error_text(e)}"
+        s, why = normalise_cts(raw, inputs)
         if s is None:
             return None, why
         singles.append(s)
@@ -164,11 +169,7 @@ def vmap_vjp(rule, inputs, out, rng) -> list[CheckResult]:
     """jax.vmap(rule) over BATCH points and cotangents against the rule at each."""
     pts = batch_points(inputs, rng)
     cts_b = [full_cotangent(rng, out) for _ in pts]
-    try:
-        singles, why = _per_point_cts(rule, inputs, pts, cts_b)
-    except Exception as e:  # the user's rule raised at a batch point
-        why = f"the rule raised at a batch point: {error_text(e)}"
-        return [failed_check("cotangents", "vmap", why)]
+    singles, why = _per_point_cts(rule, inputs, pts, cts_b)
     if singles is None:
         return [failed_check("cotangents", "vmap", why)]
     stacked = [np.stack([np.asarray(p[i]) for p in pts]) for i in range(len(inputs.leaves))]

@@ -392,7 +392,7 @@ def _below_resolution_lines(rows: list[dict]) -> list[str]:
         " referee's values sit wholly below the rounding of the scale they are computed on,"
         " so no float computation resolves them. Not counted as checks.",
         "",
-        "| function | parameter | case | value at the worst element | detects ≥ (of the largest entry) |",
+        "| function | parameter | case | value at the worst element | detects ≥ |",
         "|---|---|---|---:|---:|",
     ]
     lines += [
