@@ -379,3 +379,22 @@ def test_the_sweep_sets_apart_values_below_their_scale_s_resolution():
     assert below_resolution(row)
     wrong = compare("J", "referee", np.array([1.0]), np.array([2e-21]), np.float64, 1e-10, 1)
     assert not below_resolution({**row, **wrong.to_dict()})
+
+
+def test_a_bfloat16_only_loss_raises_no_false_alarm():
+    """Differenced in its own bfloat16 (the carry cannot be float64), a correct gradient
+    is never failed: the steps themselves round there."""
+
+    def loss(w, xs):
+        def body(i, acc):
+            return acc + jnp.sum(jnp.tanh(w * xs[i])).astype(jnp.bfloat16)
+
+        return jax.lax.fori_loop(0, xs.shape[0], body, jnp.bfloat16(0.0))
+
+    def grad(w, xs):
+        return jnp.sum(xs * (1 - jnp.tanh(w * xs) ** 2), 0).astype(jnp.bfloat16)
+
+    w = _x(6, 1, dtype=jnp.bfloat16)
+    xs = jnp.asarray(np.random.default_rng(2).uniform(0.1, 2, (3, 6)), jnp.bfloat16)
+    res = jr.check_gradients(loss, grad, w, xs)
+    assert not verdict(res).failed, [r.describe() for r in res]

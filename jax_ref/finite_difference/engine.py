@@ -92,6 +92,7 @@ def build_engine(
     probe = Probe(loss_fn, treedef, [jnp.asarray(v) for v in values], steps, a64, size, what)
     engine = Engine(probe, leaves, len(values), K, np.random.default_rng(seed))
     engine.precision, engine.why = precision, why
+    engine.dtypes = [jnp.result_type(values[i]) for i in idx]
     engine.still = {i: np.asarray(m, bool).ravel() for i, m in (still or {}).items()}
     return engine
 
@@ -157,6 +158,7 @@ class Engine:
         self.last_dev = None  # the same on the device
         self._hand_cache = {}  # leaf -> the hand directional derivatives along self.last
         self.precision, self.why = "float64", ""  # what the loss was evaluated in, and why
+        self.dtypes = []  # the float dtypes the leaves were differenced in
         self.still = {}  # leaf -> elements where the reference's derivative is not finite
 
     # --- directions ---------------------------------------------------------------------
