@@ -39,7 +39,7 @@ def handgrad(bug, fn) -> tuple[str, str]:
     v = verdict(res)
     word = "failed" if v.failed else ("passed" if v.passed else "inconclusive")
     first = v.failed[0] if v.failed else next((r for r in res if r.status != "passed"), None)
-    return word, "" if first is None else f"{first.parameter} [{first.oracle}]: {first.note}"
+    return word, "" if first is None else first.describe()
 
 
 def anchor(bug, fn) -> str:
@@ -127,7 +127,7 @@ def markdown(rs, where) -> str:
         lines.append(
             f"| [{r['name']}]({r['source']}) | {r['order']} | {r['handgrad_buggy']} / "
             f"{r['handgrad_fixed']} | {r['check_grads_buggy']} / {r['check_grads_fixed']} |"
-            f" {cell(why[:160])} |"
+            f" {cell(why[:240])} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,7 @@ import numpy as np
 from jax_ref.autodiff import autodiff_results, singular_elements
 from jax_ref.finite_difference import finite_difference_results
 from jax_ref.runtime import OwnCodeError
+from jax_ref.tolerances import budget, tolerance
 from jax_ref.trees import error_text, leaf_name
 from jax_ref.verdict import CheckResult, assert_verdict
 
@@ -99,11 +100,14 @@ def check_gradients(
     _theirs(jax.eval_shape, "loss_fn", loss_fn, params, *args)
     results: list[CheckResult] = []
     still = None
+    fd_scales = scales
     if "autodiff" in oracles:
-        results += autodiff_results(
+        ad = autodiff_results(
             loss_fn, params, grads, args, scales=scales, value=value, loss_scale=loss_scale
         )
+        results += ad
         still = singular_elements(loss_fn, params, args)
+        fd_scales = _dtype_rounding(scales, params, grads, ad)
     if "finite_difference" in oracles:
         results += finite_difference_results(
             loss_fn,
@@ -113,10 +117,32 @@ def check_gradients(
             seed=seed,
             directions=directions,
             max_tries=max_tries,
-            scales=scales,
+            scales=fd_scales,
             still=still,
         )
     return results
+
+
+def _dtype_rounding(scales, params, grads, ad_results):
+    """Each low-precision leaf's natural scale for finite differences, raised to cover
+    what autodiff itself misses by at that dtype and point (its `baseline_err` against
+    the float64 golden value, the precision budget's measure): a float32 gradient of a
+    saturated softmax rounds at ~1e-7 of the logits' scale, far above its own ~1e-11
+    size, and differences judging it against its size alone would fail a correct one."""
+    base = {r.parameter: r.baseline_err for r in ad_results if r.baseline_err is not None}
+    if not base:
+        return scales
+    paths = jax.tree.leaves_with_path(params)
+    given = [0.0] * len(paths) if scales is None else [float(s) for s in jax.tree.leaves(scales)]
+    out = []
+    for (path, p), g, s in zip(paths, jax.tree.leaves(grads), given):
+        b, dt = base.get(leaf_name(path)), jnp.result_type(p)
+        if b is None or budget(dt) is None:
+            out.append(s)
+            continue
+        size = max(float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0)), s)
+        out.append(max(s, budget(dt).k * b * size / tolerance(dt)))
+    return jax.tree.unflatten(jax.tree.structure(params), out)
 
 
 def _theirs(fn, what, *a):

@@ -398,3 +398,37 @@ def test_a_bfloat16_only_loss_raises_no_false_alarm():
     xs = jnp.asarray(np.random.default_rng(2).uniform(0.1, 2, (3, 6)), jnp.bfloat16)
     res = jr.check_gradients(loss, grad, w, xs)
     assert not verdict(res).failed, [r.describe() for r in res]
+
+
+def test_finite_differences_allow_a_float32_gradient_its_own_rounding():
+    """Found by the README's hypothesis example in CI: a float32 MLP at saturated logits,
+    whose correct gradient (~1e-11) is 50 % off its float64 value by rounding alone, was
+    FAILED by finite differences (judged against its size, not its rounding). Autodiff
+    measures that rounding at the point (its own error at float32); differences now allow
+    it, and say they cannot judge."""
+    import handgrad as hg
+    from jax_ref.derivations.mlp import MLPCase, Params
+
+    f32 = np.float32
+    W1 = [
+        [-11.718165, 6.8514824, -6.6099086, -18.946993],
+        [12.297187, -5.9488034, 0.8038802, 12.514092],
+        [43.823135, -8.31994, 9.178485, 15.388125],
+    ]
+    W2 = [
+        [7.5043707, 21.178587, 6.7648244],
+        [8.446985, 4.793393, 11.070361],
+        [0.13084368, 22.001066, 0.7880078],
+        [16.51174, 1.9576821, -9.33079],
+    ]
+    params = Params(
+        np.array(W1, f32),
+        np.array([0.8009386, 3.4323807, 5.0830607, 3.0334744], f32),
+        np.array(W2, f32),
+        np.array([-1.6534065, -0.38866296, -1.0126015], f32),
+    )
+    case = MLPCase(
+        params, np.array([[0.85770595, 0.8257966, -0.8308837]], f32), np.array([2], np.int32), 0.0
+    )
+    res = jr.check_gradients(jr.mlp_loss, hg.mlp_grads, *case, returns_loss=True)
+    assert not verdict(res).failed, [r.describe() for r in res if r.status == "failed"]
