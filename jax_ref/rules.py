@@ -394,7 +394,8 @@ def _jvp_differences(inputs, U, n, out, f=None):
         np.concatenate([p.bound for p in parts]),
         parts[0].precision,
         parts[0].why,
-        np.concatenate([p.kink0 for p in parts]),
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("kink0", "left", "right")),
+        np.concatenate([p.bound_kink for p in parts]),
     )
 
 

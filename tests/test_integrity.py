@@ -432,3 +432,29 @@ def test_finite_differences_allow_a_float32_gradient_its_own_rounding():
     )
     res = jr.check_gradients(jr.mlp_loss, hg.mlp_grads, *case, returns_loss=True)
     assert not verdict(res).failed, [r.describe() for r in res if r.status == "failed"]
+
+
+def _relu_with(slope_at_0):
+    @jax.custom_jvp
+    def relu(x):
+        return jnp.maximum(x, 0)
+
+    relu.defjvp(
+        lambda p, t: (
+            jnp.maximum(p[0], 0),
+            jnp.where(p[0] > 0, 1.0, jnp.where(p[0] == 0, slope_at_0, 0.0)) * t[0],
+        )
+    )
+    return relu
+
+
+def test_a_convention_at_a_kink_is_judged_by_its_one_sided_slopes():
+    """relu's 0 at 0 against jnp.maximum's 1/2: before, check_jvp left the whole leaf
+    unjudged (the tangents move the kinked element too); now the kinked elements are set
+    aside where the rule lies between the one-sided slopes, and the others judged. A
+    slope of 3 at 0 is no convention: it fails."""
+    x = jnp.array([-1.0, 0.0, 2.0, 0.5])
+    res = jr.check_jvp(_relu_with(0.0), x)
+    assert verdict(res).passed, [r.describe() for r in res]
+    assert any("one-sided slopes" in r.note for r in res if r.oracle == "autodiff")
+    assert verdict(jr.check_jvp(_relu_with(3.0), x)).failed

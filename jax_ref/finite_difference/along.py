@@ -42,6 +42,9 @@ class Along:
     precision: str
     why: str  # why not float64, or ""
     kink0: np.ndarray | None = None  # elements with a kink at the point itself
+    left: np.ndarray | None = None  # there: the one-sided slopes, and their error bound
+    right: np.ndarray | None = None
+    bound_kink: np.ndarray | None = None
 
     @property
     def reliable(self) -> np.ndarray:
@@ -102,14 +105,7 @@ class Along:
             return result
         kinked = np.zeros_like(differ) if self.kink0 is None else self.kink0
         if kinked[differ].all():
-            note = (
-                f"the rule and the reference differ only where f has a kink at the point "
-                f"({int(differ.sum())} of {differ.size} elements): two conventions, which "
-                "neither oracle can judge"
-            )
-            return dataclasses.replace(
-                result, status="inconclusive", detectable_rel_err=math.inf, note=note
-            )
+            return self._conventions(result, g, differ, tol)
         if not self.reliable[differ].all():
             return result
         near = np.abs(g - self.est) <= self.bound + tol
@@ -126,6 +122,29 @@ class Along:
         return dataclasses.replace(
             result, status="inconclusive", detectable_rel_err=math.inf, note=note
         )
+
+    def _conventions(self, result, g, differ, tol):
+        """The rule and the reference differ only where f has a kink at the point: two
+        conventions. Where the rule's value lies between the one-sided slopes it is one
+        (relu's 0 or 1 at 0, |x|'s 0): set aside, the other elements stay judged (passed);
+        a value outside them is no convention, and the failure stands."""
+        lo = np.minimum(self.left, self.right) - self.bound_kink - tol
+        hi = np.maximum(self.left, self.right) + self.bound_kink + tol
+        between = (lo <= g) & (g <= hi)
+        if not between[differ].all():
+            return result
+        k, n = int(differ.sum()), differ.size
+        note = (
+            f"the rule and the reference differ only where f has a kink at the point ({k} of "
+            f"{n} elements), the rule's value between the one-sided slopes there: two "
+            "conventions, not judged there"
+        )
+        if k == n:
+            return dataclasses.replace(
+                result, status="inconclusive", detectable_rel_err=math.inf, note=note
+            )
+        note += f"; the other {n - k} agree"
+        return dataclasses.replace(result, status="passed", note=_join(result.note, note))
 
 
 def _join(a, b):
@@ -164,6 +183,11 @@ def differences_along(fn, x, u, what="f", eps=None) -> Along:
         # 2 S(h/4) - S(h/2) cancels the curvature and leaves J (as in stencil.directional)
         S = [(p - 2 * center + m) / t for p, m, t in zip(plus, minus, ts)]
         kink0 = np.abs(2 * S[2] - S[1]) > 4 * noise + 4 * wobble
-    bad = ~np.all(np.isfinite(values), axis=0) | kink | kink0
+        F = [(p - center) / t for p, t in zip(plus, ts)]
+        B = [(center - m) / t for m, t in zip(minus, ts)]
+        right, left = 2 * F[2] - F[1], 2 * B[2] - B[1]
+        bound_kink = 4 * noise + np.abs(F[2] - F[1]) + np.abs(B[2] - B[1])
+    finite = np.all(np.isfinite(values), axis=0)
+    bad = ~finite | kink | kink0
     est, bound = np.where(bad, np.nan, est), np.where(bad, np.inf, bound)
-    return Along(est, bound, precision, why, kink0 & np.all(np.isfinite(values), axis=0))
+    return Along(est, bound, precision, why, kink0 & finite, left, right, bound_kink)
