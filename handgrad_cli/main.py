@@ -105,9 +105,10 @@ def _add_mutants(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    from handgrad_cli.train import add_parser
+    from handgrad_cli import audit, train
 
-    add_parser(sub)
+    train.add_parser(sub)
+    audit.add_parser(sub)
 
 
 def _x64() -> None:
@@ -173,7 +174,7 @@ def _check_rules(args) -> int:
         print(f"handgrad check: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    bar = _progress(len(checks), "rules", unit="check")
+    bar = progress_bar(len(checks), "rules", unit="check")
     try:
         report = run_rule_checks(source, checks, on_check=lambda c: bar(source, c.name))
     finally:
@@ -422,7 +423,7 @@ def _print_check_table(report: dict) -> None:
     )
 
 
-def _progress(total: int, label: str, unit: str = "mutant"):
+def progress_bar(total: int, label: str, unit: str = "mutant"):
     """A tqdm bar when tqdm is installed, else one line per item on stderr."""
     try:
         from tqdm.auto import tqdm
@@ -496,7 +497,7 @@ def _mutants(args) -> int:
         return 2
     t0 = time.perf_counter()
     total = sum(len(d.mutants) for d in derivations)
-    bar = _progress(total, "mutants")
+    bar = progress_bar(total, "mutants")
     try:
         rows = _kill_in_parallel(derivations, args.seed, bar, total)
     finally:
@@ -625,6 +626,10 @@ def _dispatch(args) -> int:
         from handgrad_cli.train import run as train
 
         return train(args)
+    if args.command == "audit":
+        from handgrad_cli.audit import run as audit
+
+        return audit(args)
     return {"check": _check, "mutants": _mutants}[args.command](args)
 
 

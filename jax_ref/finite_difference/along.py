@@ -151,13 +151,18 @@ def _join(a, b):
     return f"{a}; {b}" if a else b
 
 
-def differences_along(fn, x, u, what="f", eps=None) -> Along:
+def differences_along(fn, x, u, what="f", eps=None, h=H, jit=True) -> Along:
     """Central differences of `fn` (a pytree -> pytree of float arrays) at x along u, at
-    steps h, h/2, h/4 (h = H), Richardson-extrapolated; in float64 where fn runs there."""
+    steps h, h/2, h/4 (default H), Richardson-extrapolated; in float64 where fn runs
+    there. `jit=False` evaluates eagerly (one-off functions: no compilation to pay)."""
     with enable_x64():
         (x_, u_), precision, why = highest_precision(lambda a, b: fn(a), (x, u), what)
-        f = jax.jit(lambda t: fn(jax.tree.map(lambda a, b: a + (t * b).astype(a.dtype), x_, u_)))
-        ts = [s * H for s in STENCIL]
+
+        def moved(t):
+            return fn(jax.tree.map(lambda a, b: a + (t * b).astype(a.dtype), x_, u_))
+
+        f = jax.jit(moved) if jit else moved
+        ts = [s * h for s in STENCIL]
         plus = [flat(f(t)) for t in ts]
         minus = [flat(f(-t)) for t in ts]
         center = flat(f(0.0))

@@ -1,0 +1,84 @@
+"""The audit report in Markdown: a summary, the bugs first with their reproductions, then
+the conventions and JAX's limitations, coverage by module, and the skips."""
+
+from __future__ import annotations
+
+from jax_ref.audit.triage import reproduction
+from jax_ref.report import cell
+
+__all__ = ["audit_markdown"]
+
+
+def _summary(r) -> list[str]:
+    cov, cats, judged = r["coverage"], r["categories"], r["judged"]
+    o = r["options"]
+    return [
+        f"# handgrad audit: JAX {r['jax']}",
+        "",
+        f"Every derivative rule of {len(r['modules'])} modules ({', '.join(r['modules'])}),"
+        " `jax.jvp` and `jax.vjp`, checked against central differences of the function's own"
+        " forward pass in float64 (there is no autodiff reference: autodiff is what is under"
+        f" test), orders {', '.join(map(str, o['orders']))}, dtypes {', '.join(o['dtypes'])},"
+        " at an ordinary point and at special points (zeros, ties, integers and half-integers,"
+        " negative arguments, 1e-8 and 30; for matrices the identity, repeated eigenvalues,"
+        f" near-singular). Made by `handgrad audit{' --quick' if o['quick'] else ''}` in"
+        f" {r.get('seconds', 0):.0f} s.",
+        "",
+        f"- **Coverage:** {cov['found']} public callables found, **{cov['audited']} audited**,"
+        f" {cov['skipped']} skipped (reasons below).",
+        f"- **Rules judged:** {judged.get('passed', 0)} passed, {judged.get('failed', 0)} failed,"
+        f" {judged.get('inconclusive', 0)} inconclusive (the differences could not judge: a kink"
+        f" or NaN at every element), {judged.get('raised', 0)} raised (no rule: listed as"
+        " limitations).",
+        "- **Findings:** "
+        + (", ".join(f"{n} {c}" for c, n in sorted(cats.items())) or "none")
+        + ". *bug*: the derivative is wrong, confirmed by differences at three step sizes;"
+        " *convention*: a choice at a point where the function is not differentiable;"
+        " *checker*: a handgrad false alarm (to fix in handgrad); *limitation*: JAX has no rule"
+        " there.",
+        "",
+    ]
+
+
+def _finding_rows(findings, with_repro) -> list[str]:
+    lines = []
+    for f in findings:
+        where = f["point"].get("at", f["point"].get("kind"))
+        up = f" Upstream: {f['upstream']}." if f.get("upstream") else ""
+        lines.append(
+            f"- `{f['function']}` {f['mode']} order {f['order']} {f['dtype']} at"
+            f" {f['point']['kind']} {cell(where)}: {cell(f['reason'])}.{up}"
+        )
+        if with_repro:
+            lines += [
+                "",
+                "  ```python",
+                *("  " + s for s in reproduction(f).splitlines()),
+                "  ```",
+                "",
+            ]
+    return lines
+
+
+def audit_markdown(r) -> str:
+    findings = r["findings"]
+    by = {
+        c: [f for f in findings if f["category"] == c]
+        for c in ("bug", "checker", "convention", "limitation")
+    }
+    lines = _summary(r)
+    for cat, title, repro in (
+        ("bug", "Bugs", True),
+        ("checker", "handgrad false alarms (to fix)", True),
+        ("convention", "Conventions", False),
+        ("limitation", "Limitations: no rule", False),
+    ):
+        if by[cat]:
+            lines += [f"## {title} ({len(by[cat])})", "", *_finding_rows(by[cat], repro), ""]
+    lines += ["## Coverage by module", "", "| module | found | audited |", "|---|---:|---:|"]
+    lines += [
+        f"| `{m}` | {c['found']} | {c['audited']} |" for m, c in r["coverage"]["by_module"].items()
+    ]
+    lines += ["", "## Why functions were skipped", "", "| reason | functions |", "|---|---:|"]
+    lines += [f"| {cell(k)} | {n} |" for k, n in r["coverage"]["skip_reasons"].items()]
+    return "\n".join(lines) + "\n"

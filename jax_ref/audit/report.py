@@ -1,0 +1,89 @@
+"""The audit as data: one task per function (what a worker process runs), the report's
+JSON (coverage, findings) and its Markdown."""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import time
+
+import jax
+
+__all__ = ["assemble_audit", "audit_task"]
+
+
+def _resolve(dotted: str):
+    mod, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def audit_task(name: str, dtypes, orders, quick: bool, seed: int = 0) -> dict:
+    """Audit one function (by its dotted name): a plain dict, for a worker to send back."""
+    from jax_ref.audit.run import audit_function
+    from jax_ref.audit.triage import triage
+
+    jax.config.update("jax_enable_x64", True)
+    t = time.perf_counter()
+    with jax.disable_jit():  # op by op: each primitive compiles once for every function
+        try:
+            setup, counts, findings = audit_function(
+                name, _resolve(name), dtypes=dtypes, orders=orders, quick=quick, seed=seed
+            )
+        except Exception as e:  # the harness met something it cannot drive: a skip, said so
+            return {
+                "function": name,
+                "skip": f"the audit could not drive it: {type(e).__name__}: {str(e)[:200]}",
+            }
+    if isinstance(setup, str):
+        return {"function": name, "skip": setup}
+    return {
+        "function": name,
+        "skip": "",
+        "domain": setup.domain[0],
+        "counts": counts,
+        "findings": [triage(f).to_dict() for f in findings],
+        "seconds": round(time.perf_counter() - t, 2),
+    }
+
+
+def assemble_audit(version: str, modules, candidates, results, options) -> dict:
+    """The report: coverage (found, audited, skipped with reasons) and every finding."""
+    skipped = [{"function": c.name, "reason": c.skip} for c in candidates if c.skip]
+    skipped += [{"function": r["function"], "reason": r["skip"]} for r in results if r["skip"]]
+    audited = [r for r in results if not r["skip"]]
+    findings = [f for r in audited for f in r["findings"]]
+    by_module = collections.defaultdict(lambda: {"found": 0, "audited": 0})
+    for c in candidates:
+        by_module[c.name.rpartition(".")[0]]["found"] += 1
+    for r in audited:
+        by_module[r["function"].rpartition(".")[0]]["audited"] += 1
+    judged = collections.Counter()
+    for r in audited:
+        judged.update(r["counts"])
+    return {
+        "jax": version,
+        "modules": list(modules),
+        "options": options,
+        "coverage": {
+            "found": len(candidates),
+            "audited": len(audited),
+            "skipped": len(skipped),
+            "by_module": dict(sorted(by_module.items())),
+            "skip_reasons": dict(
+                collections.Counter(_reason_kind(s["reason"]) for s in skipped).most_common()
+            ),
+        },
+        "judged": dict(judged),
+        "categories": dict(collections.Counter(f["category"] for f in findings)),
+        "findings": findings,
+        "audited": [
+            {k: r[k] for k in ("function", "domain", "counts", "seconds")} for r in audited
+        ],
+        "skipped": skipped,
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason's kind, for the counts: the text before its first parenthesis."""
+    head = reason.split(" (")[0].split(":")[0]
+    return head if len(head) < 60 else head[:57] + "..."

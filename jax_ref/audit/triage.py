@@ -1,0 +1,87 @@
+"""The committed triage: findings the evidence alone does not settle, each with a reason
+(and the upstream issue where there is one), and the reproduction script of a finding.
+
+Automatic triage (jax_ref.audit.run): a disagreement confirmed at three steps is a `bug`;
+one the differences do not confirm is a `checker` false alarm; a kink at the point where
+the rule lies between the one-sided slopes is a `convention`. The entries below override
+that where a person has looked: matched by function, point kind and mode (None: any)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["TRIAGE", "reproduction", "triage"]
+
+# (function, point kind or None, mode or None, category, reason, upstream)
+TRIAGE = [
+    (
+        "jax.numpy.linalg.eigh",
+        "repeated eigenvalues",
+        None,
+        "convention",
+        "eigenvectors of a repeated eigenvalue are not unique, so they are not differentiable"
+        " there; JAX's rule divides by the eigenvalue gap (NaN/inf), as documented",
+        "https://github.com/jax-ml/jax/issues/4646",
+    ),
+    (
+        "jax.scipy.linalg.eigh",
+        "repeated eigenvalues",
+        None,
+        "convention",
+        "as jax.numpy.linalg.eigh: eigenvectors of a repeated eigenvalue are not unique",
+        "https://github.com/jax-ml/jax/issues/4646",
+    ),
+    (
+        "jax.lax.linalg.eigh",
+        "repeated eigenvalues",
+        None,
+        "convention",
+        "as jax.numpy.linalg.eigh: eigenvectors of a repeated eigenvalue are not unique",
+        "https://github.com/jax-ml/jax/issues/4646",
+    ),
+]
+
+
+def triage(f):
+    """The finding with the committed triage applied (its first matching entry)."""
+    for function, kind, mode, category, reason, upstream in TRIAGE:
+        if f.function != function:
+            continue
+        if kind is not None and f.point.get("kind") != kind:
+            continue
+        if mode is not None and f.mode != mode:
+            continue
+        return dataclasses.replace(
+            f, category=category, reason=f"{reason} (triaged; found: {f.reason})", upstream=upstream
+        )
+    return f
+
+
+def reproduction(f: dict) -> str:
+    """A short script that shows the finding: the rule against central differences."""
+    mod, _, attr = f["function"].rpartition(".")
+    pt = f["point"]
+    args = pt.get("at") or pt.get("args")
+    lines = [
+        "import jax, jax.numpy as jnp, numpy as np",
+        'jax.config.update("jax_enable_x64", True)',
+        f"from {mod} import {attr} as f",
+        f"xs = [jnp.asarray(a, jnp.{f['dtype']}) for a in {args!r}]",
+        "us = [jnp.ones_like(x) for x in xs]",
+        "h = 1e-6",
+    ]
+    if f["order"] == 1:
+        lines += [
+            f"rule = jax.jvp(f, xs, us)[1]  # the {f['mode']} rule agrees with jvp at order 1",
+            "step = lambda s: [x + s * u for x, u in zip(xs, us)]",
+            "fd = (f(*step(h)) - f(*step(-h))) / (2 * h)",
+        ]
+    else:
+        lines += [
+            "d1 = lambda *a: jax.jvp(f, a, us)[1]",
+            "rule = jax.jvp(d1, xs, us)[1]",
+            "step = lambda s: [x + s * u for x, u in zip(xs, us)]",
+            "fd = (d1(*step(h)) - d1(*step(-h))) / (2 * h)",
+        ]
+    lines.append('print("rule:", rule, "\\ncentral differences:", fd)')
+    return "\n".join(lines)
