@@ -47,6 +47,7 @@ NOT_DIFFERENTIABLE = {
     "fix": "piecewise constant: derivative 0 wherever it exists",
     "heaviside": "piecewise constant: derivative 0 wherever it exists",
     "one_hot": "piecewise constant: derivative 0 wherever it exists",
+    "stop_gradient": "its derivative is 0 by design",
 }
 PREFIX_SKIPS = {
     "is": "boolean-valued",
@@ -131,6 +132,8 @@ def discover(modules=DEFAULT_MODULES) -> list[Candidate]:
                 if key in seen:
                     continue
                 seen.add(key)
+                if not callable(obj):
+                    continue  # constants: not functions, not counted
                 why = _skip_reason(attr, obj)
                 out.append(Candidate(full, None if why else obj, why))
     return out

@@ -43,7 +43,19 @@ INT_PARAMS = {
     "new_sizes": (4,),
     "sizes": (4,),
     "index": 0,
-    "p": 2,
+    "source": 0,
+    "destination": 0,
+    "axis1": 0,
+    "axis2": 0,
+    "dimensions": (0,),
+    "exponent_bits": 5,
+    "mantissa_bits": 10,
+    "kth": 1,
+    "deg": 2,
+    "offset": 0,
+    "m": 3,
+    "order": 2,
+    "__int": 1,  # an integer parameter found by trial
 }
 # the points where rules go wrong, in one vector: zeros, integers, half-integers, negative
 # arguments (integer and half-integer), tiny and large magnitudes
@@ -83,6 +95,7 @@ def _draw(domain, matrix, seed):
 def _held(fn, names, n):
     """g(*floats) -> fn with the integer parameters (by name) put back in their places."""
     slots = [INT_PARAMS.get(nm) for nm in names] if names else [None] * n
+    slots += [None] * (n - len(slots))
 
     def g(*floats):
         it = iter(floats)
@@ -111,21 +124,26 @@ def _usable(g, floats) -> str:
 
 def find_inputs(name, fn) -> Setup | str:
     """The first (arity, domain) at which fn runs finite and differentiable, or the reason
-    none does (the last trial's)."""
+    none does (the first trial's). Unnamed integer parameters are found by trial too: the
+    last ones held at 1 in turn (a `shift`, an `axis` under another name)."""
     n, names = signature_arity(fn)
-    arities = [n] if n >= 0 else [1, 2, 3]
-    matrix, why = _wants_matrix(name), "no trial input"
+    arities = [n] if n > 0 else [1, 2, 3]
+    matrix, first = _wants_matrix(name), ""
     with enable_x64():
         for arity in arities:
-            g, nf = _held(fn, names if n >= 0 else [], arity)
-            if nf == 0:
-                return "takes no float argument"
-            for domain in DOMAINS:
-                floats = tuple(jnp.asarray(_draw(domain, matrix, 7 + i)) for i in range(nf))
-                why = _usable(g, floats)
-                if not why:
-                    return Setup(g, floats, domain, matrix)
-    return why
+            base = list(names) if n > 0 else [f"arg{i}" for i in range(arity)]
+            for held in range(0, max(arity - 1, 0) + 1):  # the last `held` params as ints
+                nm = base[: arity - held] + ["__int"] * held
+                g, nf = _held(fn, nm, arity)
+                if nf == 0:
+                    return first or "takes no float argument"
+                for domain in DOMAINS:
+                    floats = tuple(jnp.asarray(_draw(domain, matrix, 7 + i)) for i in range(nf))
+                    why = _usable(g, floats)
+                    if not why:
+                        return Setup(g, floats, domain, matrix)
+                    first = first or why
+    return first or "no trial input"
 
 
 def points(setup: Setup) -> list[tuple[str, tuple]]:
