@@ -17,30 +17,34 @@ def _resolve(dotted: str):
     return getattr(importlib.import_module(mod), attr)
 
 
-def audit_task(name: str, dtypes, orders, quick: bool, seed: int = 0) -> dict:
-    """Audit one function (by its dotted name): a plain dict, for a worker to send back."""
+def _audit_one(name, dtypes, orders, quick, seed):
     from jax_ref.audit.inputs import find_inputs
     from jax_ref.audit.run import audit_function
-    from jax_ref.audit.triage import triage
 
-    jax.config.update("jax_enable_x64", True)
-    t = time.perf_counter()
     fn = _resolve(name)
+    t = time.perf_counter()
     # op by op (each primitive compiles once for every function), unless the function
     # loops (a series, a while_loop): op by op, its loop runs in Python, slowly
     with jax.disable_jit():
         setup = find_inputs(name, fn)
     eager = time.perf_counter() - t < 0.5
     with jax.disable_jit(eager):
-        try:
-            setup, counts, findings = audit_function(
-                name, fn, dtypes=dtypes, orders=orders, quick=quick, seed=seed, setup=setup
-            )
-        except Exception as e:  # the harness met something it cannot drive: a skip, said so
-            return {
-                "function": name,
-                "skip": f"the audit could not drive it: {type(e).__name__}: {str(e)[:200]}",
-            }
+        return audit_function(
+            name, fn, dtypes=dtypes, orders=orders, quick=quick, seed=seed, setup=setup
+        )
+
+
+def audit_task(name: str, dtypes, orders, quick: bool, seed: int = 0) -> dict:
+    """Audit one function (by its dotted name): a plain dict, for a worker to send back."""
+    from jax_ref.audit.triage import triage
+
+    jax.config.update("jax_enable_x64", True)
+    t = time.perf_counter()
+    try:
+        setup, counts, findings = _audit_one(name, dtypes, orders, quick, seed)
+    except Exception as e:  # the harness met something it cannot drive: a skip, said so
+        why = f"the audit could not drive it: {type(e).__name__}: {str(e)[:200]}"
+        return {"function": name, "skip": why}
     if isinstance(setup, str):
         return {"function": name, "skip": setup}
     return {

@@ -228,13 +228,13 @@ def audit_function(
 
 
 def _audit_point(name, setup: Setup, kind, xs64, dtypes, orders, seed, counts):
+    """Every (dtype, mode, order) at one point: the findings, the counts updated."""
     g, out = setup.g, []
     try:
         y = g(*xs64)
     except Exception:  # the function does not run at this special point: nothing to judge
         return out
     elementwise = all(np.shape(o) == np.shape(xs64[0]) for o in jax.tree.leaves(y))
-    seen_convention = False
     for dt in dtypes:
         dtype = jnp.dtype(dt)
         for mode in MODES:
@@ -247,59 +247,41 @@ def _audit_point(name, setup: Setup, kind, xs64, dtypes, orders, seed, counts):
                         Finding(name, mode, order, dtype.name, {"kind": kind}, "limitation", why)
                     )
                     continue
-                if mode == "jvp" and order == 1 and dtype == jnp.float64 and not seen_convention:
-                    conv = (
-                        _convention(
-                            name,
-                            kind,
-                            xs64,
-                            d,
-                            jax.jvp(g, xs64, _tangents(xs64, seed))[1],
-                            elementwise,
-                        )
-                        if d is not None
-                        else None
-                    )
-                    if conv is not None:
-                        out.append(conv)
-                        seen_convention = True
-                if j.status != "failed":
-                    continue
-                f = Finding(
-                    name,
-                    mode,
-                    order,
-                    dtype.name,
-                    _point_of(kind, xs64, j.worst, elementwise),
-                    rule=j.rule,
-                    differences=j.est,
-                    bound=j.bound,
-                )
-                if (
-                    setup.matrix
-                    and judge_rule(g, xs64, dtype, mode, order, seed, symmetric=True)[0].status
-                    == "passed"
-                ):
-                    f.category = "convention"
-                    f.reason = (
-                        "right along symmetric tangents, not along general ones: the rule "
-                        "treats the input as symmetric (its tangent symmetrized), the forward "
-                        "pass reads one triangle"
-                    )
-                elif _confirmed(g, xs64, dtype, mode, order, seed):
-                    what = (
-                        "not finite where the derivative is finite" if j.nonfinite_rule else "wrong"
-                    )
-                    f.category = "bug"
-                    f.reason = (
-                        f"the {mode} rule is {what}: {j.rule:.6g} where differences at three "
-                        f"step sizes give {j.est:.6g} ± {j.bound:.2g}"
-                    )
-                else:
-                    f.category = "checker"
-                    f.reason = (
-                        "the differences disagree at one step size but not at others: a "
-                        "handgrad false alarm"
-                    )
-                out.append(f)
+                first = mode == "jvp" and order == 1 and dtype == jnp.float64
+                if first and d is not None:
+                    rule = jax.jvp(g, xs64, _tangents(xs64, seed))[1]
+                    conv = _convention(name, kind, xs64, d, rule, elementwise)
+                    out += [conv] if conv is not None else []
+                if j.status == "failed":
+                    where = _point_of(kind, xs64, j.worst, elementwise)
+                    f = Finding(name, mode, order, dtype.name, where, rule=j.rule)
+                    f.differences, f.bound = j.est, j.bound
+                    out.append(_classify(f, j, setup, xs64, seed))
     return out
+
+
+def _classify(f: Finding, j: Judged, setup: Setup, xs64, seed) -> Finding:
+    """A failure's category from the evidence: right along symmetric tangents (a matrix
+    rule that assumes symmetry): convention; confirmed at three step sizes: bug; else
+    the differences were fooled: checker."""
+    g, dtype = setup.g, jnp.dtype(f.dtype)
+    args = (g, xs64, dtype, f.mode, f.order, seed)
+    if setup.matrix and judge_rule(*args, symmetric=True)[0].status == "passed":
+        f.category = "convention"
+        f.reason = (
+            "right along symmetric tangents, not along general ones: the rule treats the "
+            "input as symmetric (its tangent symmetrized), the forward pass reads one triangle"
+        )
+    elif _confirmed(*args):
+        what = "not finite where the derivative is finite" if j.nonfinite_rule else "wrong"
+        f.category = "bug"
+        f.reason = (
+            f"the {f.mode} rule is {what}: {j.rule:.6g} where differences at three step "
+            f"sizes give {j.est:.6g} ± {j.bound:.2g}"
+        )
+    else:
+        f.category = "checker"
+        f.reason = (
+            "the differences disagree at one step size but not at others: a handgrad false alarm"
+        )
+    return f
