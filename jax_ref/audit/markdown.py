@@ -29,7 +29,7 @@ def _summary(r) -> list[str]:
         f"- **Rules judged:** {judged.get('passed', 0)} passed, {judged.get('failed', 0)} failed,"
         f" {judged.get('inconclusive', 0)} inconclusive (the differences could not judge: a kink"
         f" or NaN at every element), {judged.get('raised', 0)} raised (no rule: listed as"
-        " limitations).",
+        f" limitations), {judged.get('unrun', 0)} not run (the function's time budget spent).",
         "- **Findings:** "
         + (", ".join(f"{n} {c}" for c, n in sorted(cats.items())) or "none")
         + ". *bug*: the derivative is wrong, confirmed by differences at three step sizes;"

@@ -17,6 +17,17 @@ def _resolve(dotted: str):
     return getattr(importlib.import_module(mod), attr)
 
 
+BUDGET_S = {True: 6.0, False: 20.0}  # seconds per function (quick, full): then it stops
+
+
+class _OverTime(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _OverTime()
+
+
 def _audit_one(name, dtypes, orders, quick, seed):
     from jax_ref.audit.inputs import find_inputs
     from jax_ref.audit.run import audit_function
@@ -28,23 +39,39 @@ def _audit_one(name, dtypes, orders, quick, seed):
     with jax.disable_jit():
         setup = find_inputs(name, fn)
     eager = time.perf_counter() - t < 0.5
+    budget = BUDGET_S[bool(quick)]
     with jax.disable_jit(eager):
         return audit_function(
-            name, fn, dtypes=dtypes, orders=orders, quick=quick, seed=seed, setup=setup
-        )
+            name, fn, dtypes=dtypes, orders=orders, quick=quick, seed=seed, setup=setup,
+            deadline=time.perf_counter() + budget,
+        )  # fmt: skip
 
 
 def audit_task(name: str, dtypes, orders, quick: bool, seed: int = 0) -> dict:
     """Audit one function (by its dotted name): a plain dict, for a worker to send back."""
+    import signal
+
     from jax_ref.audit.triage import triage
 
     jax.config.update("jax_enable_x64", True)
     t = time.perf_counter()
+    hard = hasattr(signal, "SIGALRM")  # a single call that never returns: stopped at 3x
+    if hard:
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(int(3 * BUDGET_S[bool(quick)]) + 5)
     try:
         setup, counts, findings = _audit_one(name, dtypes, orders, quick, seed)
+    except _OverTime:
+        return {
+            "function": name,
+            "skip": f"over its time budget ({3 * BUDGET_S[bool(quick)]:.0f} s) in one call",
+        }
     except Exception as e:  # the harness met something it cannot drive: a skip, said so
         why = f"the audit could not drive it: {type(e).__name__}: {str(e)[:200]}"
         return {"function": name, "skip": why}
+    finally:
+        if hard:
+            signal.alarm(0)
     if isinstance(setup, str):
         return {"function": name, "skip": setup}
     return {
