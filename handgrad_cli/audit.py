@@ -59,26 +59,70 @@ def _select(candidates, only):
     return picked
 
 
-def _run_tasks(names, dtypes, orders, quick, workers, progress):
-    from handgrad_cli.main import stop_workers, worker_pool
-    from jax_ref.audit.report import audit_task
+HARD_LIMIT_S = {True: 30.0, False: 90.0}  # a task past this is stopped with its process
 
-    if workers == 1 or len(names) <= 2:
-        out = []
-        for n in names:
-            out.append(audit_task(n, dtypes, orders, quick))
-            progress(n)
-        return out
-    pool = worker_pool(workers or len(names))
+
+def _worker(conn, cache) -> None:
+    """A worker process: audit the functions it is sent until it is sent None."""
+    from jax_ref.audit.report import audit_task
+    from jax_ref.runtime import use_compilation_cache
+
+    use_compilation_cache(cache)
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        conn.send(audit_task(*task))
+
+
+def _spawn(cache):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_worker, args=(child, cache), daemon=True)
+    p.start()
+    return p, parent
+
+
+def _run_tasks(names, dtypes, orders, quick, workers, progress):
+    """Every function audited in worker processes; one that runs past HARD_LIMIT_S (a
+    loop inside XLA that does not end at some point, where no signal reaches) is
+    stopped with its process, recorded as a skip, and the worker replaced."""
+    import os
+    from multiprocessing.connection import wait
+
+    from handgrad_cli.main import cache_dir
+
+    limit, cache = HARD_LIMIT_S[bool(quick)], cache_dir()
+    pending = list(names)
+    n = max(1, min(workers or os.cpu_count() or 1, len(names)))
+    pool = [_spawn(cache) for _ in range(n)]
+    busy: dict[int, tuple[str, float]] = {}
+    results: dict[str, dict] = {}
     try:
-        futures = [pool.submit(audit_task, n, dtypes, orders, quick) for n in names]
-        out = []
-        for n, f in zip(names, futures):
-            out.append(f.result())
-            progress(n)
-        return out
+        while len(results) < len(names):
+            for k, (_, conn) in enumerate(pool):
+                if k not in busy and pending:
+                    name = pending.pop(0)
+                    conn.send((name, dtypes, orders, quick))
+                    busy[k] = (name, time.perf_counter())
+            ready = wait([pool[k][1] for k in busy], timeout=1.0)
+            for k in [k for k in busy if pool[k][1] in ready]:
+                name, _ = busy.pop(k)
+                results[name] = pool[k][1].recv()
+                progress(name)
+            for k, (name, started) in list(busy.items()):
+                if time.perf_counter() - started > limit:
+                    pool[k][0].terminate()
+                    pool[k] = _spawn(cache)
+                    del busy[k]
+                    results[name] = {"function": name, "skip": f"did not finish in {limit:.0f} s"}
+                    progress(name)
     finally:
-        stop_workers(pool)
+        for p, _ in pool:
+            p.terminate()
+    return [results[nm] for nm in names]
 
 
 def run(args) -> int:
