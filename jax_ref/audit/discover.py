@@ -48,6 +48,8 @@ NOT_DIFFERENTIABLE = {
     "heaviside": "piecewise constant: derivative 0 wherever it exists",
     "one_hot": "piecewise constant: derivative 0 wherever it exists",
     "stop_gradient": "its derivative is 0 by design",
+    "reduce_precision": "rounds: its derivative is 0 wherever it exists, its rule the identity"
+    " by design",
 }
 PREFIX_SKIPS = {
     "is": "boolean-valued",

@@ -56,8 +56,44 @@ TRIAGE.append(
 )
 
 
+# patterns: (substring of the function's last name, point kinds, category, reason, upstream)
+PATTERNS = [
+    (
+        ("eig", "svd", "qr", "schur", "polar"),
+        ("identity", "repeated eigenvalues"),
+        "convention",
+        "a decomposition with repeated eigenvalues or singular values (the identity): the"
+        " factors are not unique and the sorted spectrum has a kink there, so the function"
+        " is not differentiable at that point; the rule's value is one choice",
+        "https://github.com/jax-ml/jax/issues/4646",
+    ),
+    (
+        ("pmf",),
+        None,
+        "convention",
+        "a discrete distribution's pmf: its first argument k is integer-valued, and the"
+        " audit moved it as a float (no derivative is defined in k)",
+        "",
+    ),
+]
+
+
+def _pattern(f):
+    short = f.function.rsplit(".", 1)[-1]
+    for words, kinds, category, reason, upstream in PATTERNS:
+        if any(w in short for w in words) and (kinds is None or f.point.get("kind") in kinds):
+            return category, reason, upstream
+    return None
+
+
 def triage(f):
     """The finding with the committed triage applied (its first matching entry)."""
+    hit = _pattern(f) if f.category != "convention" else None
+    if hit is not None:
+        category, reason, upstream = hit
+        return dataclasses.replace(
+            f, category=category, reason=f"{reason} (triaged; found: {f.reason})", upstream=upstream
+        )
     for function, kind, mode, category, reason, upstream in TRIAGE:
         if f.function != function:
             continue
