@@ -78,6 +78,24 @@ PATTERNS = [
 ]
 
 
+# bugs already reported upstream: (function, point kind or None, the issue)
+UPSTREAM = [
+    ("jax.scipy.special.betaln", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
+    ("jax.scipy.stats.beta.logpdf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
+    ("jax.scipy.stats.beta.pdf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
+    ("jax.scipy.stats.betabinom.logpmf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
+    ("jax.scipy.stats.betabinom.pmf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
+    ("jax.numpy.ldexp", None, "https://github.com/jax-ml/jax/issues/37992"),
+]  # fmt: skip
+
+
+def _upstream(f):
+    for function, kind, url in UPSTREAM:
+        if f.function == function and (kind is None or f.point.get("kind") == kind):
+            return url
+    return ""
+
+
 def _pattern(f):
     short = f.function.rsplit(".", 1)[-1]
     for words, kinds, category, reason, upstream in PATTERNS:
@@ -88,6 +106,9 @@ def _pattern(f):
 
 def triage(f):
     """The finding with the committed triage applied (its first matching entry)."""
+    up = _upstream(f) if f.category == "bug" else ""
+    if up:
+        return dataclasses.replace(f, upstream=up)
     hit = _pattern(f) if f.category != "convention" else None
     if hit is not None:
         category, reason, upstream = hit
