@@ -113,7 +113,7 @@ def _compare(rule, d, tol, natural=0.0) -> Judged:
     )
 
 
-def _dot_test(g, xs64, rule_cts, u64, c, tol) -> Judged:
+def _dot_test(g, xs64, rule_cts, u64, c, tol, natural=0.0) -> Judged:
     """⟨vjp(ȳ), u⟩ against ⟨ȳ, differences along u⟩ (a scalar: the dot-product test)."""
     d = differences_along(_outputs(g), list(xs64), list(u64), what="the function", jit=False)
     cf = flat(c)
@@ -128,7 +128,8 @@ def _dot_test(g, xs64, rule_cts, u64, c, tol) -> Judged:
             for a, b in zip(rule_cts, u64)
         )
     )
-    scale = max(float(np.dot(np.abs(cf), np.abs(d.est))), abs(got), 1e-300)
+    reach = natural * float(np.sum(np.abs(cf))) * float(np.max(np.abs(flat(u64)), initial=0.0))
+    scale = max(float(np.dot(np.abs(cf), np.abs(d.est))), abs(got), reach, 1e-300)
     if not math.isfinite(got):
         return Judged("failed", 0, got, est, bound, True)
     if abs(got - est) <= bound + tol * scale:
@@ -180,7 +181,7 @@ def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False):
     except Exception as e:  # JAX has no rule here (a limitation, listed): nothing judged
         return Judged("raised"), error_text(e)
     if mode == "vjp" and order == 1:
-        return _dot_test(g, xs64, rule, u64, c64, tol), None
+        return _dot_test(g, xs64, rule, u64, c64, tol, natural), None
     along = v64 if order == 2 else u64
     d = differences_along(fn64, list(xs64), list(along), what="the function", h=h, jit=False)
     return _compare(rule, d, tol, natural), d
