@@ -20,6 +20,7 @@ import numpy as np
 
 from jax_ref.autodiff import autodiff_results, judge, singular_elements, value_and_grad
 from jax_ref.finite_difference import finite_difference_results
+from jax_ref.finite_difference.along import differences_along, flat
 from jax_ref.runtime import OwnCodeError
 from jax_ref.tangents import (
     BATCH,
@@ -441,8 +442,6 @@ def jvp_second_order(rule, ref, inputs, U, rng, out) -> list[CheckResult]:
     """Per input leaf n: the derivative of the rule's output tangent (along n's first
     tangent) along a second random tangent v, against central differences of those
     tangents along v, and against the reference's (forward over forward)."""
-    from jax_ref.finite_difference.along import differences_along, flat
-
     fl, key, others = inputs.floats(), inputs.key(), inputs.others
     v = random_like(rng, fl, scale_by_rms=True)
     res = []
@@ -483,8 +482,6 @@ def jvp_second_order(rule, ref, inputs, U, rng, out) -> list[CheckResult]:
 
 def _differences_per_leaf(h, fl, u, inputs):
     """{input leaf: central differences of its cotangent along u}, {} where h cannot run."""
-    from jax_ref.finite_difference.along import differences_along
-
     try:
         return {
             n: differences_along(lambda x, n=n: h(x)[n], fl, u, what="the rule")
