@@ -21,6 +21,7 @@ DEFAULT_MODULES = (
     "jax.scipy.linalg",
     "jax.lax",
     "jax.lax.linalg",
+    "jax.experimental.pallas.ops",  # the Pallas ops that run on a CPU (interpret mode)
 )
 
 # names whose output does not depend differentiably on a float input, or that need what
@@ -122,8 +123,13 @@ def _stats_modules(modname):
 def discover(modules=DEFAULT_MODULES) -> list[Candidate]:
     """Every public callable of `modules` (dotted names; jax.scipy.stats goes into its
     distributions), each once by its first dotted name: candidates and skips."""
+    from jax_ref.audit.pallas import PALLAS_MODULE, pallas_candidates
+
     out, seen = [], set()
     for modname in modules:
+        if modname == PALLAS_MODULE:
+            out += [Candidate(n, fn, why) for n, fn, why in pallas_candidates()]
+            continue
         names = [modname] + (_stats_modules(modname) if modname == "jax.scipy.stats" else [])
         for m in names:
             for attr, obj in _members(m):

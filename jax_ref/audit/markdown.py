@@ -36,6 +36,9 @@ def _summary(r) -> list[str]:
         " *convention*: a choice at a point where the function is not differentiable;"
         " *checker*: a handgrad false alarm (to fix in handgrad); *limitation*: JAX has no rule"
         " there.",
+        f"- **Unsettled:** {len(r.get('unsettled', []))} disagreements that the differences at"
+        " 8x and 1/8x the step did not confirm (rounding inside the function, or curvature):"
+        " counted inconclusive, never a finding, and listed below.",
         "",
     ]
 
@@ -61,10 +64,10 @@ def _finding_rows(findings, with_repro) -> list[str]:
 
 
 def audit_markdown(r) -> str:
-    findings = r["findings"]
+    findings = r["findings"] + r.get("unsettled", [])
     by = {
         c: [f for f in findings if f["category"] == c]
-        for c in ("bug", "checker", "convention", "limitation")
+        for c in ("bug", "checker", "convention", "limitation", "unsettled")
     }
     lines = _summary(r)
     for cat, title, repro in (
@@ -72,6 +75,7 @@ def audit_markdown(r) -> str:
         ("checker", "handgrad false alarms (to fix)", True),
         ("convention", "Conventions", False),
         ("limitation", "Limitations: no rule", False),
+        ("unsettled", "Unsettled: the differences disagree between step sizes (no verdict)", False),
     ):
         if by[cat]:
             lines += [f"## {title} ({len(by[cat])})", "", *_finding_rows(by[cat], repro), ""]

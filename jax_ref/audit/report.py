@@ -30,6 +30,7 @@ def _alarm(signum, frame):
 
 def _audit_one(name, dtypes, orders, quick, seed):
     from jax_ref.audit.inputs import find_inputs
+    from jax_ref.audit.pallas import pallas_setup
     from jax_ref.audit.run import audit_function
 
     fn = _resolve(name)
@@ -37,7 +38,7 @@ def _audit_one(name, dtypes, orders, quick, seed):
     # op by op (each primitive compiles once for every function), unless the function
     # loops (a series, a while_loop): op by op, its loop runs in Python, slowly
     with jax.disable_jit():
-        setup = find_inputs(name, fn)
+        setup = pallas_setup(name) or find_inputs(name, fn)
     eager = time.perf_counter() - t < 0.5
     budget = BUDGET_S[bool(quick)]
     with jax.disable_jit(eager):
@@ -74,10 +75,13 @@ def audit_task(name: str, dtypes, orders, quick: bool, seed: int = 0) -> dict:
             signal.alarm(0)
     if isinstance(setup, str):
         return {"function": name, "skip": setup}
+    variants = counts.pop("variants", {})
     return {
         "function": name,
         "skip": "",
         "domain": setup.domain[0],
+        "complex": setup.complex_g is not None,
+        "variants": variants,
         "counts": counts,
         "findings": [triage(f).to_dict() for f in findings],
         "seconds": round(time.perf_counter() - t, 2),
@@ -93,7 +97,9 @@ def assemble_audit(version: str, modules, candidates, results, options) -> dict:
 
     audited = [r for r in results if not r["skip"]]
     # the committed triage applied again here: one edited while the workers ran applies
-    findings = [triage(Finding(**f)).to_dict() for r in audited for f in r["findings"]]
+    every = [triage(Finding(**f)).to_dict() for r in audited for f in r["findings"]]
+    findings = [f for f in every if f["category"] != "unsettled"]
+    unsettled = [f for f in every if f["category"] == "unsettled"]
     by_module = collections.defaultdict(lambda: {"found": 0, "audited": 0})
     for c in candidates:
         by_module[c.name.rpartition(".")[0]]["found"] += 1
@@ -102,6 +108,7 @@ def assemble_audit(version: str, modules, candidates, results, options) -> dict:
     judged = collections.Counter()
     for r in audited:
         judged.update(r["counts"])
+    flags = [(r["function"], k, v) for r in audited for k, v in r.get("variants", {}).items()]
     return {
         "jax": version,
         "modules": list(modules),
@@ -111,6 +118,11 @@ def assemble_audit(version: str, modules, candidates, results, options) -> dict:
             "audited": len(audited),
             "skipped": len(skipped),
             "by_module": dict(sorted(by_module.items())),
+            "complex": sum(bool(r.get("complex")) for r in audited),
+            "flag_variants": {
+                "audited": sum(v == "audited" for _, _, v in flags),
+                "skipped": sum(v != "audited" for _, _, v in flags),
+            },
             "skip_reasons": dict(
                 collections.Counter(_reason_kind(s["reason"]) for s in skipped).most_common()
             ),
@@ -118,8 +130,15 @@ def assemble_audit(version: str, modules, candidates, results, options) -> dict:
         "judged": dict(judged),
         "categories": dict(collections.Counter(f["category"] for f in findings)),
         "findings": findings,
+        # failures the differences did not confirm at other step sizes: counted
+        # inconclusive, listed so that they can be looked at, never a finding
+        "unsettled": unsettled,
         "audited": [
-            {k: r[k] for k in ("function", "domain", "counts", "seconds")} for r in audited
+            {
+                k: r.get(k)
+                for k in ("function", "domain", "complex", "variants", "counts", "seconds")
+            }
+            for r in audited
         ],
         "skipped": skipped,
     }

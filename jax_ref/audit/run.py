@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ref.audit.inputs import Setup, find_inputs, points
+from jax_ref.audit.inputs import Setup, find_inputs, flag_variants, points, with_flags
 from jax_ref.finite_difference.along import differences_along, flat
-from jax_ref.finite_difference.stencil import H
+from jax_ref.finite_difference.stencil import H, noise_level
 from jax_ref.runtime import enable_x64
 from jax_ref.trees import error_text
 
@@ -54,6 +54,7 @@ class Judged:
     est: float = math.nan
     bound: float = math.nan
     nonfinite_rule: bool = False
+    tied: bool = False  # every failing element's values tie exactly at this step
 
 
 def _outputs(g):
@@ -108,20 +109,18 @@ def _compare(rule, d, tol, natural=0.0) -> Judged:
         return Judged("passed")
     ratio = np.where(bad, np.nan_to_num(diff / np.maximum(allowed, 1e-300), nan=np.inf), -1.0)
     w = int(np.argmax(ratio))
+    tied = d.tied is not None and bool(d.tied[bad].all())
     return Judged(
-        "failed", w, float(r[w]), float(d.est[w]), float(d.bound[w]), not np.isfinite(r[w])
+        "failed", w, float(r[w]), float(d.est[w]), float(d.bound[w]), not np.isfinite(r[w]), tied
     )
 
 
-def _dot_test(g, xs64, rule_cts, u64, c, tol, natural=0.0) -> Judged:
-    """⟨vjp(ȳ), u⟩ against ⟨ȳ, differences along u⟩ (a scalar: the dot-product test)."""
-    d = differences_along(_outputs(g), list(xs64), list(u64), what="the function", jit=False)
+def _dot_test(rule_cts, u64, c, d, tol, natural=0.0) -> Judged:
+    """⟨vjp(ȳ), u⟩ against ⟨ȳ, differences along u⟩ (a scalar: the dot-product test);
+    ȳ is 0 where the differences are not reliable (judge_rule masks it)."""
     cf = flat(c)
-    moved = cf != 0
-    if not d.reliable[moved].all():
-        return Judged("inconclusive")
-    est = float(np.dot(cf, d.est))
-    bound = float(np.dot(np.abs(cf), d.bound))
+    est = float(np.dot(cf, np.nan_to_num(d.est)))
+    bound = float(np.dot(np.abs(cf), np.where(cf != 0, d.bound, 0.0)))
     got = float(
         sum(
             np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))
@@ -129,7 +128,7 @@ def _dot_test(g, xs64, rule_cts, u64, c, tol, natural=0.0) -> Judged:
         )
     )
     reach = natural * float(np.sum(np.abs(cf))) * float(np.max(np.abs(flat(u64)), initial=0.0))
-    scale = max(float(np.dot(np.abs(cf), np.abs(d.est))), abs(got), reach, 1e-300)
+    scale = max(float(np.dot(np.abs(cf), np.abs(np.nan_to_num(d.est)))), abs(got), reach, 1e-300)
     if not math.isfinite(got):
         return Judged("failed", 0, got, est, bound, True)
     if abs(got - est) <= bound + tol * scale:
@@ -137,31 +136,88 @@ def _dot_test(g, xs64, rule_cts, u64, c, tol, natural=0.0) -> Judged:
     return Judged("failed", 0, got, est, bound)
 
 
+def _masked(c, keep):
+    """The cotangent tree c with its flat elements outside `keep` set to 0."""
+    leaves, tree = jax.tree.flatten(c)
+    out, at = [], 0
+    for leaf in leaves:
+        n = int(np.size(leaf))
+        k = keep[at : at + n].reshape(np.shape(leaf))
+        out.append(jnp.where(jnp.asarray(k), leaf, 0.0))
+        at += n
+    return jax.tree.unflatten(tree, out)
+
+
+def effective_unit(g, xs64, seed) -> float | None:
+    """The rounding unit the forward pass really has in float64, or None where it is
+    float64's: a kernel that computes in float32 inside (Pallas's softmax, layer_norm)
+    returns float64 arrays that round at 6e-8. Measured as ECnoise does (Moré & Wild
+    2011): high-order differences of f at 7 points 1e-7 apart (relative) along a random
+    tangent, where a smooth function's are ~0 and what is left is rounding noise; the
+    median over elements, relative to each one's size (an element that cancels to
+    near 0 does not set it)."""
+    u = _tangents(xs64, seed + 7)
+    ts = np.arange(7) * 1e-7
+    try:
+        vals = np.stack(
+            [flat(g(*[x + t * v for x, v in zip(xs64, u)])) for t in ts]
+        )  # (7, elements)
+    except Exception:  # the function does not run there: float64's own rounding
+        return None
+    if not np.all(np.isfinite(vals)):
+        return None
+    sigma = np.array([noise_level(vals[:, i]) for i in range(vals.shape[1])])
+    size = np.max(np.abs(vals), axis=0)
+    keep = size > 0
+    if not keep.any():
+        return None
+    ratio = float(np.median(sigma[keep] / size[keep]))
+    eps64 = float(jnp.finfo(jnp.float64).eps)
+    return ratio if ratio > 16 * eps64 else None
+
+
 def _cast(xs, dtype):
     return tuple(jnp.asarray(x, dtype) for x in xs)
 
 
 def _tolerance(g, xs64, dtype) -> float:
-    """The rule's allowance beyond the differences' bound: float64 rounding (1e-9 of the
-    leaf's scale); in float32, 64x what the forward pass itself loses at this point (an
-    ill-conditioned function rounds its derivative as badly), at least 1e-3."""
-    if dtype == jnp.float64:
-        return 1e-9
+    """The rule's allowance beyond the differences' bound, from what the forward pass
+    itself loses at this point in float32 (an ill-conditioned function rounds its
+    derivative as badly): in float32, 64x that loss, at least 1e-3; in float64, the same
+    loss scaled by the ratio of the two dtypes' rounding, at least 1e-9 (float64's own
+    rounding, seen through the differences) and at most 1e-4 (a near-singular svd's
+    derivative rounds at 1e-8, not at 1e-16)."""
     y64 = flat(g(*xs64))
-    y32 = flat(g(*_cast(xs64, dtype)))
+    try:
+        y32 = flat(g(*_cast(xs64, jnp.float32)))
+    except Exception:  # the function runs in float64 only: its own rounding alone
+        return 1e-9 if dtype == jnp.float64 else 1e-3
     scale = max(float(np.max(np.abs(y64), initial=0.0)), 1e-300)
     with np.errstate(invalid="ignore"):
         fwd = float(np.max(np.abs(y32 - y64), initial=0.0)) / scale
-    return max(1e-3, 64 * fwd) if math.isfinite(fwd) else 1e-3
+    if not math.isfinite(fwd):
+        return 1e-9 if dtype == jnp.float64 else 1e-3
+    if dtype == jnp.float64:
+        ratio = float(jnp.finfo(jnp.float64).eps / jnp.finfo(jnp.float32).eps)
+        return min(max(1e-9, 64 * fwd * ratio), 1e-4)
+    return max(1e-3, 64 * fwd)
 
 
-def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False):
+def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False, eps=None):
     """One rule at one point, against float64 differences with first step h: (Judged,
     the differences); `symmetric` tangents for matrices (a symmetric input's moves)."""
     u64 = _tangents(xs64, seed, symmetric)
     v64 = _tangents(xs64, seed + 1, symmetric)
     rng = np.random.default_rng(seed + 2)
     c64 = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(np.shape(o))), g(*xs64))
+    d = None
+    if mode == "vjp" and order == 1:  # the cotangent kept where the differences judge
+        d = differences_along(
+            _outputs(g), list(xs64), list(u64), what="the function", eps=eps, h=h, jit=False
+        )
+        if not d.reliable.any():
+            return Judged("inconclusive"), None
+        c64 = _masked(c64, d.reliable)
     fn64, _ = _rule_function(g, mode, order, u64, c64, v64)
     xs = _cast(xs64, dtype)
     cast = (lambda t: _cast(t, dtype)) if dtype != jnp.float64 else (lambda t: t)
@@ -181,30 +237,41 @@ def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False):
     except Exception as e:  # JAX has no rule here (a limitation, listed): nothing judged
         return Judged("raised"), error_text(e)
     if mode == "vjp" and order == 1:
-        return _dot_test(g, xs64, rule, u64, c64, tol, natural), None
+        return _dot_test(rule, u64, c64, d, tol, natural), None
     along = v64 if order == 2 else u64
-    d = differences_along(fn64, list(xs64), list(along), what="the function", h=h, jit=False)
+    d = differences_along(
+        fn64, list(xs64), list(along), what="the function", eps=eps, h=h, jit=False
+    )
     return _compare(rule, d, tol, natural), d
 
 
-def _point_of(kind, xs, worst, elementwise) -> dict[str, Any]:
-    """Where a finding is: the inputs at the worst element (elementwise functions) or the
-    whole (small) inputs."""
-    if elementwise and worst >= 0:
-        return {"kind": kind, "at": [float(np.ravel(x)[worst % np.size(x)]) for x in xs]}
-    return {"kind": kind, "args": [np.round(np.asarray(x, np.float64), 12).tolist() for x in xs]}
-
-
-def _confirmed(g, xs64, dtype, mode, order, seed) -> bool:
-    """Does the disagreement hold at steps 8x larger and 8x smaller too? (A real wrong
-    derivative does; differences fooled by rounding or curvature do not.)"""
-    return all(
-        judge_rule(g, xs64, dtype, mode, order, seed, h=H * f)[0].status == "failed"
-        for f in (8.0, 1 / 8)
+def _elementwise(g, xs) -> bool:
+    """Is every output the shape of every input (so an element's inputs are its own)?"""
+    shapes = {np.shape(x) for x in xs}
+    return len(shapes) == 1 and all(
+        np.shape(o) in shapes for o in jax.tree.leaves(jax.eval_shape(g, *xs))
     )
 
 
-def _convention(name, kind, xs, d, rule, elementwise) -> Finding | None:
+def _point_of(kind, xs, worst, g, label="") -> dict[str, Any]:
+    """Where a finding is: the inputs at the worst element (elementwise functions) or the
+    whole (small) inputs; the flags set, if any."""
+    out: dict[str, Any] = {"kind": kind, **({"with": label} if label else {})}
+    if worst >= 0 and _elementwise(g, xs):
+        size = np.size(xs[0])
+        return {**out, "at": [float(np.ravel(x)[worst % size]) for x in xs]}
+    return {**out, "args": [np.round(np.asarray(x, np.float64), 12).tolist() for x in xs]}
+
+
+def _steps(g, xs64, dtype, mode, order, seed, eps=None) -> dict[float, Judged]:
+    """The same rule judged with steps 8x larger and 8x smaller (a real wrong derivative
+    fails at all three; differences fooled by rounding or curvature do not)."""
+    return {
+        f: judge_rule(g, xs64, dtype, mode, order, seed, h=H * f, eps=eps)[0] for f in (8.0, 1 / 8)
+    }
+
+
+def _convention(name, kind, xs, d, rule, elementwise, label="") -> Finding | None:
     """At a kink at the point, the rule's value against the one-sided slopes."""
     if d is None or d.kink0 is None or not d.kink0.any() or not elementwise:
         return None
@@ -212,14 +279,16 @@ def _convention(name, kind, xs, d, rule, elementwise) -> Finding | None:
     i = int(np.flatnonzero(d.kink0)[0])
     lo, hi = sorted((float(d.left[i]), float(d.right[i])))
     inside = lo - d.bound_kink[i] <= r[i] <= hi + d.bound_kink[i]
-    if not inside:
+    # one-sided slopes that move with the step (a jump: J/t) resolve no convention
+    resolved = d.bound_kink[i] <= 1e-2 * (abs(lo) + abs(hi)) + 1e-12
+    if not inside or not resolved:
         return None  # a jump or the domain's edge, not a kink: the differences cannot say
     reason = (
         f"a kink at the point: one-sided slopes {lo:.6g} and {hi:.6g}; the rule takes {r[i]:.6g}"
         + ("" if inside else ", outside both: no convention")
     )
     return Finding(
-        name, "jvp", 1, "float64", _point_of(kind, xs, i, True),
+        name, "jvp", 1, "float64", _point_of(kind, xs, i, lambda *a: a[0], label),
         "convention" if inside else "bug", reason, float(r[i]), float("nan"), float("nan"),
     )  # fmt: skip
 
@@ -233,10 +302,14 @@ def audit_function(
     seed=0,
     setup=None,
     deadline=math.inf,
+    flags=True,
 ):
     """(the setup or the skip reason, judged counts, findings) for one function (its
     inputs found by trial unless `setup` is given). Past `deadline` (perf_counter) the
-    remaining rules are counted `unrun`."""
+    remaining rules are counted `unrun`. With `flags` (not quick), each FLAGS argument
+    the function takes (where=, ord=, ...) is audited too at the ordinary point and the
+    first special one, with VARIANT_S seconds more each; `counts["variants"]` lists
+    them, audited or why not."""
     setup = find_inputs(name, fn) if setup is None else setup
     if isinstance(setup, str):
         return setup, {}, []
@@ -244,21 +317,39 @@ def audit_function(
     counts["deadline"] = deadline
     findings: list[Finding] = []
     pts = points(setup)[:1] if quick else points(setup)
+    dtypes = [d for d in dtypes if d in setup.dtypes] or list(setup.dtypes[:1])
+    variants = {}
     with enable_x64():
-        for kind, xs64 in pts:
-            findings += _audit_point(name, setup, kind, xs64, dtypes, orders, seed, counts)
+        for kind, xs64, g in pts:
+            findings += _audit_point(name, setup, kind, xs64, g, dtypes, orders, seed, counts)
+        for label, kw in flag_variants(fn) if flags and not quick else []:
+            counts["deadline"] = max(counts["deadline"], time.perf_counter()) + VARIANT_S
+            vs = find_inputs(name, with_flags(fn, kw))
+            variants[label] = vs if isinstance(vs, str) else "audited"
+            if isinstance(vs, str):
+                continue
+            for kind, xs64, g in points(vs)[:2]:
+                findings += _audit_point(
+                    name, vs, kind, xs64, g, dtypes, orders, seed, counts, label
+                )
     del counts["deadline"]
+    counts["variants"] = variants
     return setup, counts, findings
 
 
-def _audit_point(name, setup: Setup, kind, xs64, dtypes, orders, seed, counts):
-    """Every (dtype, mode, order) at one point: the findings, the counts updated."""
-    g, out = setup.g, []
+VARIANT_S = 4.0  # seconds more for each flag variant
+
+
+def _audit_point(name, setup: Setup, kind, xs64, g, dtypes, orders, seed, counts, label=""):
+    """Every (dtype, mode, order) at one point: the findings, the counts updated; `label`
+    names the flags set (where=mask), kept in each finding's point."""
+    out = []
     try:
         y = g(*xs64)
     except Exception:  # the function does not run at this special point: nothing to judge
         return out
     elementwise = all(np.shape(o) == np.shape(xs64[0]) for o in jax.tree.leaves(y))
+    unit = effective_unit(g, xs64, seed)
     for dt in dtypes:
         dtype = jnp.dtype(dt)
         for mode in MODES:
@@ -266,49 +357,63 @@ def _audit_point(name, setup: Setup, kind, xs64, dtypes, orders, seed, counts):
                 if time.perf_counter() > counts["deadline"]:
                     counts["unrun"] += 1
                     continue
-                j, d = judge_rule(g, xs64, dtype, mode, order, seed)
+                j, d = judge_rule(g, xs64, dtype, mode, order, seed, eps=unit)
                 counts[j.status] += 1
                 if j.status == "raised":
                     why = f"jax.{mode} at order {order} raised {d}"
-                    out.append(
-                        Finding(name, mode, order, dtype.name, {"kind": kind}, "limitation", why)
-                    )
+                    where = {"kind": kind, **({"with": label} if label else {})}
+                    out.append(Finding(name, mode, order, dtype.name, where, "limitation", why))
                     continue
                 first = mode == "jvp" and order == 1 and dtype == jnp.float64
                 if first and d is not None:
                     rule = jax.jvp(g, xs64, _tangents(xs64, seed))[1]
-                    conv = _convention(name, kind, xs64, d, rule, elementwise)
+                    conv = _convention(name, kind, xs64, d, rule, elementwise, label)
                     out += [conv] if conv is not None else []
                 if j.status == "failed":
-                    where = _point_of(kind, xs64, j.worst, elementwise)
-                    f = Finding(name, mode, order, dtype.name, where, rule=j.rule)
-                    f.differences, f.bound = j.est, j.bound
-                    out.append(_classify(f, j, setup, xs64, seed))
+                    where = (kind, label)
+                    f = _settle(name, setup, g, where, xs64, dtype, mode, order, seed, j, unit)
+                    if f is None:  # resolved at the larger step: the rule agrees there
+                        counts["failed"] -= 1
+                        counts["passed"] += 1
+                        continue
+                    if f.category == "unsettled":
+                        counts["failed"] -= 1
+                        counts["inconclusive"] += 1
+                    out.append(f)
     return out
 
 
-def _classify(f: Finding, j: Judged, setup: Setup, xs64, seed) -> Finding:
-    """A failure's category from the evidence: right along symmetric tangents (a matrix
-    rule that assumes symmetry): convention; confirmed at three step sizes: bug; else
-    the differences were fooled: checker."""
-    g, dtype = setup.g, jnp.dtype(f.dtype)
-    args = (g, xs64, dtype, f.mode, f.order, seed)
-    if setup.matrix and judge_rule(*args, symmetric=True)[0].status == "passed":
+def _settle(name, setup: Setup, g, where, xs64, dtype, mode, order, seed, j, eps=None):
+    """A failure at the first step, settled: a Finding (bug, convention, or `unsettled`:
+    the differences disagree between step sizes, so no verdict), or None where the
+    failing elements only tied at the first step (they move below their rounding there:
+    a saturated softmax) and the rule agrees with the differences at the 8x step."""
+    kind, label = where
+    f = Finding(name, mode, order, dtype.name, _point_of(kind, xs64, j.worst, g, label))
+    f.rule, f.differences, f.bound = j.rule, j.est, j.bound
+    args = (g, xs64, dtype, mode, order, seed)
+    if setup.matrix and judge_rule(*args, symmetric=True, eps=eps)[0].status == "passed":
         f.category = "convention"
         f.reason = (
             "right along symmetric tangents, not along general ones: the rule treats the "
             "input as symmetric (its tangent symmetrized), the forward pass reads one triangle"
         )
-    elif _confirmed(*args):
+        return f
+    other = _steps(*args, eps=eps)
+    if all(o.status == "failed" for o in other.values()):
         what = "not finite where the derivative is finite" if j.nonfinite_rule else "wrong"
         f.category = "bug"
         f.reason = (
-            f"the {f.mode} rule is {what}: {j.rule:.6g} where differences at three step "
+            f"the {mode} rule is {what}: {j.rule:.6g} where differences at three step "
             f"sizes give {j.est:.6g} ± {j.bound:.2g}"
         )
-    else:
-        f.category = "checker"
-        f.reason = (
-            "the differences disagree at one step size but not at others: a handgrad false alarm"
-        )
+        return f
+    if j.tied and other[8.0].status == "passed":
+        return None
+    said = ", ".join(f"{'8x' if k > 1 else '1/8x'} step {o.status}" for k, o in other.items())
+    f.category = "unsettled"
+    f.reason = (
+        f"the differences disagree between step sizes ({j.est:.6g} ± {j.bound:.2g} at the"
+        f" standard step against the rule's {j.rule:.6g}; {said}): not converged, no verdict"
+    )
     return f

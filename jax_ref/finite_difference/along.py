@@ -45,6 +45,7 @@ class Along:
     left: np.ndarray | None = None  # there: the one-sided slopes, and their error bound
     right: np.ndarray | None = None
     bound_kink: np.ndarray | None = None
+    tied: np.ndarray | None = None  # elements whose values tie exactly at every step
 
     @property
     def reliable(self) -> np.ndarray:
@@ -187,12 +188,16 @@ def differences_along(fn, x, u, what="f", eps=None, h=H, jit=True) -> Along:
         # a kink at the point adds its slope jump J to every S(h) = (φ(h) - 2φ(0) + φ(-h))/h:
         # 2 S(h/4) - S(h/2) cancels the curvature and leaves J (as in stencil.directional)
         S = [(p - 2 * center + m) / t for p, m, t in zip(plus, minus, ts)]
-        kink0 = np.abs(2 * S[2] - S[1]) > 4 * noise + 4 * wobble
         F = [(p - center) / t for p, t in zip(plus, ts)]
         B = [(center - m) / t for m, t in zip(minus, ts)]
         right, left = 2 * F[2] - F[1], 2 * B[2] - B[1]
         bound_kink = 4 * noise + np.abs(F[2] - F[1]) + np.abs(B[2] - B[1])
+        # a jump below 1e-5 of the slopes is rounding (kinks that cancel inside, as in
+        # logaddexp's max + log1p(exp(-|x - y|)) at x = y), not a kink of the function
+        jump = np.abs(right - left) > 1e-5 * (np.abs(right) + np.abs(left)) + noise
+        kink0 = (np.abs(2 * S[2] - S[1]) > 4 * noise + 4 * wobble) & jump
     finite = np.all(np.isfinite(values), axis=0)
     bad = ~finite | kink | kink0
     est, bound = np.where(bad, np.nan, est), np.where(bad, np.inf, bound)
-    return Along(est, bound, precision, why, kink0 & finite, left, right, bound_kink)
+    tied = np.ptp(values, axis=0) == 0  # constant here, or moving below its rounding
+    return Along(est, bound, precision, why, kink0 & finite, left, right, bound_kink, tied)
