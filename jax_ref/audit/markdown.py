@@ -34,8 +34,9 @@ def _summary(r) -> list[str]:
         + (", ".join(f"{n} {c}" for c, n in sorted(cats.items())) or "none")
         + ". *bug*: the derivative is wrong, confirmed by differences at three step sizes;"
         " *convention*: a choice at a point where the function is not differentiable;"
-        " *checker*: a handgrad false alarm (to fix in handgrad); *limitation*: JAX has no rule"
-        " there.",
+        " *checker*: a handgrad false alarm (to fix in handgrad); *forward*: the rule matches"
+        " mpmath's derivative and JAX's forward pass is what departs from the mathematics"
+        " there; *limitation*: JAX has no rule there.",
         f"- **Unsettled:** {len(r.get('unsettled', []))} disagreements that the differences at"
         " 8x and 1/8x the step did not confirm (rounding inside the function, or curvature):"
         " counted inconclusive, never a finding, and listed below.",
@@ -48,9 +49,11 @@ def _finding_rows(findings, with_repro) -> list[str]:
     for f in findings:
         where = f["point"].get("at", f["point"].get("kind"))
         up = f" Upstream: {f['upstream']}." if f.get("upstream") else ""
+        ev = f" Evidence: {cell(f['evidence'])}." if f.get("evidence") else ""
+        flags = f" with `{f['point']['with']}`" if f["point"].get("with") else ""
         lines.append(
-            f"- `{f['function']}` {f['mode']} order {f['order']} {f['dtype']} at"
-            f" {f['point']['kind']} {cell(where)}: {cell(f['reason'])}.{up}"
+            f"- `{f['function']}`{flags} {f['mode']} order {f['order']} {f['dtype']} at"
+            f" {f['point']['kind']} {cell(where)}: {cell(f['reason'])}.{up}{ev}"
         )
         if with_repro:
             lines += [
@@ -67,12 +70,13 @@ def audit_markdown(r) -> str:
     findings = r["findings"] + r.get("unsettled", [])
     by = {
         c: [f for f in findings if f["category"] == c]
-        for c in ("bug", "checker", "convention", "limitation", "unsettled")
+        for c in ("bug", "checker", "forward", "convention", "limitation", "unsettled")
     }
     lines = _summary(r)
     for cat, title, repro in (
         ("bug", "Bugs", True),
         ("checker", "handgrad false alarms (to fix)", True),
+        ("forward", "Forward passes that depart from the mathematics (the rule is right)", True),
         ("convention", "Conventions", False),
         ("limitation", "Limitations: no rule", False),
         ("unsettled", "Unsettled: the differences disagree between step sizes (no verdict)", False),

@@ -39,6 +39,7 @@ class Finding:
     differences: float = math.nan  # the differences' estimate there, and its bound
     bound: float = math.nan
     upstream: str = ""
+    evidence: str = ""  # mpmath's partial derivatives beside JAX's (jax_ref.audit.precise)
 
     def to_dict(self):
         return dataclasses.asdict(self)
