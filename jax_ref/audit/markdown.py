@@ -66,6 +66,38 @@ def _finding_rows(findings, with_repro) -> list[str]:
     return lines
 
 
+def _write_ups(r, bugs) -> list[str]:
+    """Each function with a bug no upstream issue covers, written up ready to file: a
+    title, what is wrong where, the evidence, the reproduction, the version."""
+    by_fn: dict[str, list] = {}
+    for f in bugs:
+        if not f.get("upstream"):
+            by_fn.setdefault(f["function"], []).append(f)
+    if not by_fn:
+        return []
+    lines = [
+        f"## New bugs, written up to file ({len(by_fn)} functions)",
+        "",
+        "Each is a draft issue for JAX's tracker: title, body, reproduction. Not yet filed.",
+        "",
+    ]
+    for fn, fs in by_fn.items():
+        f = fs[0]
+        where = f["point"].get("at", f["point"].get("args"))
+        rules = sorted({f"{x['mode']} order {x['order']} ({x['dtype']})" for x in fs})
+        lines += [
+            f"### `{fn}`: wrong derivative at {f['point']['kind']}",
+            "",
+            f"- **Title:** `{fn}` returns a wrong derivative at {cell(where)}",
+            f"- **JAX:** {r['jax']} (CPU). **Rules affected:** {', '.join(rules)}.",
+            f"- **What is wrong:** {cell(f['reason'])}.",
+        ]
+        if f.get("evidence"):
+            lines.append(f"- **Arbitrary precision:** {cell(f['evidence'])}.")
+        lines += ["", "```python", reproduction(f), "```", ""]
+    return lines
+
+
 def audit_markdown(r) -> str:
     findings = r["findings"] + r.get("unsettled", [])
     by = {
@@ -83,6 +115,7 @@ def audit_markdown(r) -> str:
     ):
         if by[cat]:
             lines += [f"## {title} ({len(by[cat])})", "", *_finding_rows(by[cat], repro), ""]
+    lines += _write_ups(r, by["bug"])
     lines += ["## Coverage by module", "", "| module | found | audited |", "|---|---:|---:|"]
     lines += [
         f"| `{m}` | {c['found']} | {c['audited']} |" for m, c in r["coverage"]["by_module"].items()

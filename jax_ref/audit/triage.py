@@ -128,6 +128,20 @@ def triage(f):
     return f
 
 
+def _flag_code(label: str) -> str:
+    """The keyword argument a flag label stands for, as code (where=mask: the audit's mask)."""
+    p, _, v = label.partition("=")
+    if v in ("mask", "weights"):
+        made = "xs[0].size).reshape(xs[0].shape) % 3"
+        value = f"np.arange({made} != 1" if v == "mask" else f"0.5 + np.arange({made}"
+        return f"{p}=jnp.asarray({value})"
+    if v in ("inf", "-inf"):
+        return f"{p}={v[:-3]}np.inf"
+    if v in ("True", "False") or v.replace(".", "").lstrip("-").isdigit():
+        return f"{p}={v}"
+    return f"{p}={v!r}"
+
+
 def reproduction(f: dict) -> str:
     """A short script that shows the finding: the rule against central differences."""
     mod, _, attr = f["function"].rpartition(".")
@@ -136,11 +150,18 @@ def reproduction(f: dict) -> str:
     lines = [
         "import jax, jax.numpy as jnp, numpy as np",
         'jax.config.update("jax_enable_x64", True)',
-        f"from {mod} import {attr} as f",
+        f"from {mod} import {attr} as f0",
         f"xs = [jnp.asarray(a, jnp.{f['dtype']}) for a in {args!r}]",
-        "us = [jnp.ones_like(x) for x in xs]",
-        "h = 1e-6",
     ]
+    if "complex" in pt.get("kind", ""):  # the real parts, then the imaginary parts
+        lines.append(
+            "xs = [re + 1j * im for re, im in zip(xs[: len(xs) // 2], xs[len(xs) // 2 :])]"
+        )
+    if pt.get("with"):
+        lines.append(f"f = lambda *a: f0(*a, {_flag_code(pt['with'])})")
+    else:
+        lines.append("f = f0")
+    lines += ["us = [jnp.ones_like(x) for x in xs]", "h = 1e-6"]
     if f["order"] == 1:
         lines += [
             f"rule = jax.jvp(f, xs, us)[1]  # the {f['mode']} rule agrees with jvp at order 1",
@@ -149,8 +170,8 @@ def reproduction(f: dict) -> str:
         ]
     else:
         lines += [
-            "d1 = lambda *a: jax.jvp(f, a, us)[1]",
-            "rule = jax.jvp(d1, xs, us)[1]",
+            "d1 = lambda *a: jax.jvp(f, tuple(a), tuple(us))[1]",
+            "rule = jax.jvp(d1, tuple(xs), tuple(us))[1]",
             "step = lambda s: [x + s * u for x, u in zip(xs, us)]",
             "fd = (d1(*step(h)) - d1(*step(-h))) / (2 * h)",
         ]
