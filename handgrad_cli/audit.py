@@ -60,6 +60,7 @@ def _select(candidates, only):
 
 
 HARD_LIMIT_S = {True: 30.0, False: 90.0}  # a task past this is stopped with its process
+RECYCLE = 100  # functions per worker process, then a fresh one
 
 
 def _worker(conn, cache) -> None:
@@ -99,6 +100,7 @@ def _run_tasks(names, dtypes, orders, quick, workers, progress):
     n = max(1, min(workers or os.cpu_count() or 1, len(names)))
     pool = [_spawn(cache) for _ in range(n)]
     busy: dict[int, tuple[str, float]] = {}
+    done = [0] * n
     results: dict[str, dict] = {}
     try:
         while len(results) < len(names):
@@ -110,7 +112,16 @@ def _run_tasks(names, dtypes, orders, quick, workers, progress):
             ready = wait([pool[k][1] for k in busy], timeout=1.0)
             for k in [k for k in busy if pool[k][1] in ready]:
                 name, _ = busy.pop(k)
-                results[name] = pool[k][1].recv()
+                try:
+                    results[name] = pool[k][1].recv()
+                    done[k] += 1
+                except (EOFError, OSError):  # the worker died inside XLA (a crash, memory)
+                    results[name] = {"function": name, "skip": "its worker process died"
+                                     " (a crash inside JAX or XLA)"}  # fmt: skip
+                    done[k] = RECYCLE
+                if done[k] >= RECYCLE:  # a fresh process: compiled code does not pile up
+                    pool[k][0].terminate()
+                    pool[k], done[k] = _spawn(cache), 0
                 progress(name)
             for k, (name, started) in list(busy.items()):
                 if time.perf_counter() - started > limit:

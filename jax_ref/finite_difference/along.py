@@ -171,10 +171,10 @@ def differences_along(fn, x, u, what="f", eps=None, h=H, jit=True) -> Along:
     if precision not in ("float64", "float32"):
         unit = max(unit, 2.0**-8)
     unit = eps if eps is not None else unit
-    D = [(p - m) / (2 * t) for p, m, t in zip(plus, minus, ts)]
-    d1, d2 = D[0] - D[1], D[1] - D[2]
     values = np.stack([center, *plus, *minus])
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: not finite, set apart
+        D = [(p - m) / (2 * t) for p, m, t in zip(plus, minus, ts)]
+        d1, d2 = D[0] - D[1], D[1] - D[2]
         noise = 8 * unit * np.max(np.abs(values), axis=0) / ts[-1]
         est = D[2] - d2 / 3
         bound = 3 * noise + np.abs(d2) / 3 + np.abs(d1 - 4 * d2) / 12
@@ -199,5 +199,6 @@ def differences_along(fn, x, u, what="f", eps=None, h=H, jit=True) -> Along:
     finite = np.all(np.isfinite(values), axis=0)
     bad = ~finite | kink | kink0
     est, bound = np.where(bad, np.nan, est), np.where(bad, np.inf, bound)
-    tied = np.ptp(values, axis=0) == 0  # constant here, or moving below its rounding
+    with np.errstate(invalid="ignore"):
+        tied = np.ptp(values, axis=0) == 0  # constant here, or moving below its rounding
     return Along(est, bound, precision, why, kink0 & finite, left, right, bound_kink, tied)
