@@ -116,18 +116,24 @@ def _compare(rule, d, tol, natural=0.0) -> Judged:
     )
 
 
-def _dot_test(rule_cts, u64, c, d, tol, natural=0.0) -> Judged:
+def _dot_test(rule_cts, u64, c, d, tol, natural=0.0, masked=False) -> Judged:
     """⟨vjp(ȳ), u⟩ against ⟨ȳ, differences along u⟩ (a scalar: the dot-product test);
-    ȳ is 0 where the differences are not reliable (judge_rule masks it)."""
+    ȳ is 0 where the differences are not reliable, and u too for an elementwise
+    function (judge_rule masks them): the input elements held still do not count, as
+    a rule's 0·inf there (log's at 0) is the masking's NaN, not the rule's."""
     cf = flat(c)
     est = float(np.dot(cf, np.nan_to_num(d.est)))
     bound = float(np.dot(np.abs(cf), np.where(cf != 0, d.bound, 0.0)))
-    got = float(
-        sum(
-            np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))
-            for a, b in zip(rule_cts, u64)
-        )
-    )
+    with np.errstate(invalid="ignore"):
+        got = float(
+            sum(
+                np.vdot(np.where(np.asarray(b) != 0, np.asarray(a, np.float64), 0.0),
+                        np.asarray(b, np.float64))
+                for a, b in zip(rule_cts, u64)
+            )
+        )  # fmt: skip
+    if masked and not math.isfinite(got):
+        return Judged("inconclusive")  # NaN from the masked cotangent itself
     reach = natural * float(np.sum(np.abs(cf))) * float(np.max(np.abs(flat(u64)), initial=0.0))
     scale = max(float(np.dot(np.abs(cf), np.abs(np.nan_to_num(d.est)))), abs(got), reach, 1e-300)
     if not math.isfinite(got):
@@ -234,14 +240,22 @@ def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False, eps=None
     tol, natural, finite = _allowance(g, xs64, dtype, memo)
     if not finite:
         return Judged("inconclusive"), None  # the forward overflows in this dtype
-    d = None
+    d, masked = None, False
     if mode == "vjp" and order == 1:  # the cotangent kept where the differences judge
         d = differences_along(
             _outputs(g), list(xs64), list(u64), what="the function", eps=eps, h=h, jit=False
         )
         if not d.reliable.any():
             return Judged("inconclusive"), None
-        c64 = _masked(c64, d.reliable)
+        if not d.reliable.all():
+            masked = True
+            if _elementwise(g, xs64):  # the unreliable elements held still, inputs too
+                keep = d.reliable.reshape(-1, np.size(xs64[0])).all(axis=0)
+                u64 = tuple(jnp.where(keep.reshape(np.shape(u)), u, 0.0) for u in u64)
+                d = differences_along(
+                    _outputs(g), list(xs64), list(u64), "the function", eps, h, jit=False
+                )
+            c64 = _masked(c64, d.reliable)
     fn64, _ = _rule_function(g, mode, order, u64, c64, v64)
     xs = _cast(xs64, dtype)
     cast = (lambda t: _cast(t, dtype)) if dtype != jnp.float64 else (lambda t: t)
@@ -252,7 +266,7 @@ def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False, eps=None
     except Exception as e:  # JAX has no rule here (a limitation, listed): nothing judged
         return Judged("raised"), error_text(e)
     if mode == "vjp" and order == 1:
-        return _dot_test(rule, u64, c64, d, tol, natural), None
+        return _dot_test(rule, u64, c64, d, tol, natural, masked), None
     along = v64 if order == 2 else u64
     d = differences_along(
         fn64, list(xs64), list(along), what="the function", eps=eps, h=h, jit=False
@@ -384,12 +398,12 @@ def _audit_point(name, setup: Setup, kind, xs64, g, dtypes, orders, seed, counts
                 if time.perf_counter() > counts["deadline"]:
                     counts["unrun"] += 1
                     continue
-                rule = (g, xs64, dtype, mode, order, seed)
+                at = (g, xs64, dtype, mode, order, seed)
                 j, d = judge_rule(g, xs64, dtype, mode, order, seed, memo=memo)
                 if j.status == "failed":  # judged again at the rounding it really has
                     unit = unit or [effective_unit(g, xs64, seed)]
                     if unit[0] is not None:
-                        j, d = judge_rule(*rule, eps=unit[0], memo=memo)
+                        j, d = judge_rule(*at, eps=unit[0], memo=memo)
                 counts[j.status] += 1
                 if j.status == "raised":
                     why = f"jax.{mode} at order {order} raised {d}"
@@ -404,7 +418,7 @@ def _audit_point(name, setup: Setup, kind, xs64, g, dtypes, orders, seed, counts
                 if j.status == "failed":
                     where = (kind, label)
                     eps = unit[0] if unit else None
-                    f = _settle(name, setup, g, where, *rule[1:], j, eps, memo)
+                    f = _settle(name, setup, g, where, *at[1:], j, eps, memo)
                     if f is None:  # resolved at the larger step: the rule agrees there
                         counts["failed"] -= 1
                         counts["passed"] += 1
