@@ -169,7 +169,7 @@ def test_a_disagreement_the_other_steps_do_not_confirm_is_no_verdict(monkeypatch
     ):
         fake = dict(zip((8.0, 1 / 8), (run.Judged(s) for s in others)))
         monkeypatch.setattr(run, "_steps", lambda *a, fake=fake, **k: fake)
-        assert run._settle(*args, "jvp", 1, 0, j).category == want
+        assert run.settle(*args, "jvp", 1, 0, j).category == want
 
 
 def test_mpmath_evidence_confirms_a_bug_and_clears_a_right_rule():

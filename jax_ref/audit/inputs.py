@@ -20,7 +20,7 @@ from jax_ref.trees import error_text, is_float
 
 __all__ = [
     "DOMAINS", "FLAGS", "SPECIAL_VALUES", "Setup", "find_inputs", "flag_variants", "points",
-    "with_flags",
+    "real_view", "usable", "with_flags",
 ]  # fmt: skip
 
 # (name, low, high): uniform draws, tried in this order until the forward pass is finite
@@ -192,10 +192,10 @@ def _held(fn, names, n):
         it = iter(floats)
         return fn(*[next(it) if s is None else s for s in slots])
 
-    return _real_view(g), scalars
+    return real_view(g), scalars
 
 
-def _real_view(g):
+def real_view(g):
     """g with each complex output as its (real, imaginary) parts: the rules of a complex
     function are judged through them (the parts are linear; their rules are exact)."""
 
@@ -210,7 +210,7 @@ def _complex_view(g, n):
     return lambda *a: g(*[a[i] + 1j * a[n + i] for i in range(n)])
 
 
-def _usable(g, floats) -> str:
+def usable(g, floats) -> str:
     """ "" if g runs at floats with float, finite outputs and a JVP; else why not."""
     try:
         out = g(*floats)
@@ -263,7 +263,7 @@ def find_inputs(name, fn) -> Setup | str:
                         jnp.asarray(_draw(domain, matrix, 7 + i, sc))
                         for i, sc in enumerate(scalars)
                     )
-                    why = _usable(g, floats)
+                    why = usable(g, floats)
                     if not why:
                         return Setup(
                             g, floats, domain, matrix, _complex(g, floats, scalars), scalars
@@ -279,7 +279,7 @@ def _complex(g, floats, scalars):
         return None
     gc = _complex_view(g, len(floats))
     ims = _imaginary_parts(floats)
-    return gc if not _usable(gc, floats + ims) else None
+    return gc if not usable(gc, floats + ims) else None
 
 
 def points(setup: Setup) -> list[tuple[str, tuple, Callable]]:

@@ -67,7 +67,7 @@ def pallas_candidates():
 
 def pallas_setup(name):
     """The op's Setup (jax_ref.audit.inputs), or None when it is not a Pallas op here."""
-    from jax_ref.audit.inputs import DOMAINS, Setup, _real_view, _usable
+    from jax_ref.audit.inputs import DOMAINS, Setup, real_view, usable
 
     if name not in OPS:
         return None
@@ -77,8 +77,8 @@ def pallas_setup(name):
     rng = np.random.default_rng(7)
     dt = jnp.dtype(dtypes[0])
     floats = tuple(jnp.asarray(rng.uniform(-1.8, 1.8, s), dt) for s in shapes)
-    g = _real_view(fn)
-    why = _usable(g, floats)
+    g = real_view(fn)
+    why = usable(g, floats)
     if why:
         return why
     return Setup(g, floats, DOMAINS[2], False, None, (), shaped=True, dtypes=dtypes)

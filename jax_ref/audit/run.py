@@ -418,7 +418,7 @@ def _audit_point(name, setup: Setup, kind, xs64, g, dtypes, orders, seed, counts
                 if j.status == "failed":
                     where = (kind, label)
                     eps = unit[0] if unit else None
-                    f = _settle(name, setup, g, where, *at[1:], j, eps, memo)
+                    f = settle(name, setup, g, where, *at[1:], j, eps, memo)
                     if f is None:  # resolved at the larger step: the rule agrees there
                         counts["failed"] -= 1
                         counts["passed"] += 1
@@ -430,7 +430,7 @@ def _audit_point(name, setup: Setup, kind, xs64, g, dtypes, orders, seed, counts
     return out
 
 
-def _settle(name, setup: Setup, g, where, xs64, dtype, mode, order, seed, j, eps=None, memo=None):
+def settle(name, setup: Setup, g, where, xs64, dtype, mode, order, seed, j, eps=None, memo=None):
     """A failure at the first step, settled: a Finding (bug, convention, or `unsettled`:
     the differences disagree between step sizes, so no verdict), or None where the
     failing elements only tied at the first step (they move below their rounding there:

@@ -9,6 +9,7 @@ that where a person has looked: matched by function, point kind and mode (None: 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 __all__ = ["TRIAGE", "reproduction", "triage"]
 
@@ -59,7 +60,7 @@ TRIAGE.append(
 # patterns: (substring of the function's last name, point kinds, category, reason, upstream)
 PATTERNS = [
     (
-        ("eig", "svd", "qr", "schur", "polar"),
+        ("eig", "svd", "qr", "schur", "polar", "rsf2csf"),
         ("identity", "repeated eigenvalues"),
         "convention",
         "a decomposition with repeated eigenvalues or singular values (the identity): the"
@@ -81,6 +82,7 @@ PATTERNS = [
 # bugs already reported upstream: (function, point kind or None, the issue)
 UPSTREAM = [
     ("jax.scipy.special.betaln", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
+    ("jax.scipy.special.beta", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
     ("jax.scipy.stats.beta.logpdf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
     ("jax.scipy.stats.beta.pdf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
     ("jax.scipy.stats.betabinom.logpmf", "special values, ties", "https://github.com/jax-ml/jax/issues/34353"),
@@ -104,11 +106,27 @@ def _pattern(f):
     return None
 
 
+WHERE_TRAP = (
+    "NaN where the function is constant (outside its support, or on the branch a"
+    " jnp.where does not take): the derivative is 0 and the rule returns the NaN of the"
+    " branch not taken (the where-trap of JAX's FAQ; fixed by the double-where idiom)"
+)
+
+
+def _where_trap(f) -> bool:
+    """A bug whose rule is NaN where the differences say the function is flat (0)."""
+    rule_nan = not math.isfinite(f.rule)
+    flat = math.isfinite(f.differences) and abs(f.differences) <= max(f.bound, 1e-300)
+    return f.category == "bug" and rule_nan and flat
+
+
 def triage(f):
     """The finding with the committed triage applied (its first matching entry)."""
     up = _upstream(f) if f.category == "bug" else ""
     if up:
         return dataclasses.replace(f, upstream=up)
+    if _where_trap(f):
+        return dataclasses.replace(f, reason=f"{WHERE_TRAP} (found: {f.reason})")
     hit = _pattern(f) if f.category != "convention" else None
     if hit is not None:
         category, reason, upstream = hit
