@@ -188,3 +188,33 @@ def test_mpmath_evidence_confirms_a_bug_and_clears_a_right_rule():
         "point": {"kind": "x", "at": [0.0, 1.5, 2.0]},
     }
     assert evidence(edge)["agrees"] is None  # the edge of the domain: mpmath has no value
+
+
+def test_a_matrix_is_never_held_still_element_by_element():
+    """The dot test holds still the input elements whose outputs the differences cannot
+    judge, for elementwise vector functions only. A matrix's output element (i, j) is
+    not its input element (i, j): holding those still broke the symmetric moves that
+    cholesky's rule assumes, and its right rule at a near-singular matrix was a bug."""
+    import jax.scipy.linalg as sl
+
+    from jax_ref.audit import audit_function
+
+    _, counts, findings = audit_function(
+        "jax.scipy.linalg.cholesky", sl.cholesky, dtypes=("float64",), orders=(1,), flags=False
+    )
+    assert not [f for f in findings if f.category in ("bug", "checker")]
+    assert counts["passed"] >= 2
+
+
+def test_the_where_trap_is_named():
+    """A NaN rule where the differences are exactly 0 (a CDF below its support) is a bug
+    with the where-trap's name; one where the differences are finite but unresolved
+    (a bound of 1e5 around -2e4) is not called that."""
+    from jax_ref.audit.run import Finding
+    from jax_ref.audit.triage import triage
+
+    f = Finding("jax.scipy.stats.chi2.cdf", "jvp", 1, "float64", {"kind": "x"}, "bug", "nan")
+    f.rule, f.differences, f.bound = float("nan"), 0.0, 0.0
+    assert "where-trap" in triage(f).reason
+    f.differences, f.bound = -2.25e4, 1.1e5
+    assert "where-trap" not in triage(f).reason

@@ -249,7 +249,8 @@ def judge_rule(g, xs64, dtype, mode, order, seed, h=H, symmetric=False, eps=None
             return Judged("inconclusive"), None
         if not d.reliable.all():
             masked = True
-            if _elementwise(g, xs64):  # the unreliable elements held still, inputs too
+            vectors = all(np.ndim(x) == 1 for x in xs64)  # a matrix's moves stay symmetric
+            if vectors and _elementwise(g, xs64):  # the unreliable elements held still
                 keep = d.reliable.reshape(-1, np.size(xs64[0])).all(axis=0)
                 u64 = tuple(jnp.where(keep.reshape(np.shape(u)), u, 0.0) for u in u64)
                 d = differences_along(

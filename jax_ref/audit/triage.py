@@ -116,7 +116,9 @@ WHERE_TRAP = (
 def _where_trap(f) -> bool:
     """A bug whose rule is NaN where the differences say the function is flat (0)."""
     rule_nan = not math.isfinite(f.rule)
-    flat = math.isfinite(f.differences) and abs(f.differences) <= max(f.bound, 1e-300)
+    # flat: 0 within a bound that resolves it (not a bound of 1e5 around -2e4)
+    small = math.isfinite(f.bound) and f.bound <= 1e-6
+    flat = f.differences == 0 or (small and abs(f.differences) <= f.bound)
     return f.category == "bug" and rule_nan and flat
 
 
@@ -125,8 +127,6 @@ def triage(f):
     up = _upstream(f) if f.category == "bug" else ""
     if up:
         return dataclasses.replace(f, upstream=up)
-    if _where_trap(f):
-        return dataclasses.replace(f, reason=f"{WHERE_TRAP} (found: {f.reason})")
     hit = _pattern(f) if f.category != "convention" else None
     if hit is not None:
         category, reason, upstream = hit
@@ -143,6 +143,8 @@ def triage(f):
         return dataclasses.replace(
             f, category=category, reason=f"{reason} (triaged; found: {f.reason})", upstream=upstream
         )
+    if _where_trap(f):  # after the committed entries: a pattern or a person says first
+        return dataclasses.replace(f, reason=f"{WHERE_TRAP} (found: {f.reason})")
     return f
 
 
