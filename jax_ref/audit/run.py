@@ -136,11 +136,24 @@ def _dot_test(rule_cts, u64, c, d, tol, natural=0.0, masked=False) -> Judged:
         return Judged("inconclusive")  # NaN from the masked cotangent itself
     reach = natural * float(np.sum(np.abs(cf))) * float(np.max(np.abs(flat(u64)), initial=0.0))
     scale = max(float(np.dot(np.abs(cf), np.abs(np.nan_to_num(d.est)))), abs(got), reach, 1e-300)
-    if not math.isfinite(got):
-        return Judged("failed", 0, got, est, bound, True)
     if abs(got - est) <= bound + tol * scale:
         return Judged("passed")
-    return Judged("failed", 0, got, est, bound)
+    w = _worst_element(rule_cts, u64, cf, d)
+    return Judged("failed", w, got, est, bound, not math.isfinite(got))
+
+
+def _worst_element(rule_cts, u64, cf, d) -> int:
+    """Where a failed dot test is worst, for an elementwise vector function (whose input
+    element i feeds output element i alone: vjp(ȳ)_i·u_i against ȳ_i·differences_i);
+    -1 elsewhere (the dot test is one number: the finding gives every input)."""
+    shapes = {np.shape(u) for u in u64}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1 or cf.size != np.size(u64[0]):
+        return -1
+    with np.errstate(invalid="ignore"):
+        terms = sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)
+                    for a, b in zip(rule_cts, u64))  # fmt: skip
+        off = np.abs(np.nan_to_num(terms, nan=np.inf) - cf * np.nan_to_num(d.est))
+    return int(np.argmax(off))
 
 
 def _masked(c, keep):

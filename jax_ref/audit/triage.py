@@ -57,6 +57,21 @@ TRIAGE.append(
 )
 
 
+TRIAGE.append(
+    (
+        "jax.scipy.special.hyp2f1",
+        "special values in the last",
+        None,
+        "convention",
+        "z at 1 and beyond (the special values in z include 1, 1.5, 2 and 30): 1 is the branch"
+        " point of 2F1, where it diverges when c - a - b < 0, and z > 1 its branch cut, where"
+        " it is complex; JAX's real forward pass there is not the function, nor its rule the"
+        " derivative (mpmath: no real value on both sides)",
+        "",
+    )
+)
+
+
 # patterns: (substring of the function's last name, point kinds, category, reason, upstream)
 PATTERNS = [
     (
