@@ -135,7 +135,7 @@ def flag_variants(fn) -> list[tuple[str, dict]]:
 def _same(a, b) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)
-    except Exception:  # an array default compared with a value: not the same
+    except (TypeError, ValueError):  # an array default against a value: not the same
         return False
 
 
