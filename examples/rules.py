@@ -1,6 +1,8 @@
-"""Rules checked by `handgrad check examples/rules.py`: the form a file of your own takes.
+"""Checks run by `handgrad check examples/rules.py`: the form a file of your own takes.
 
-A checks file defines `CHECKS`, a list of `jax_ref.RuleCheck(name, f, primals, ...)`:
+A checks file defines `CHECKS`, a list of `jax_ref.GradientCheck(name, loss_fn, grad_fn,
+params, args=(), ...)` (a hand gradient of a scalar loss, as `check_gradients`) and
+`jax_ref.RuleCheck(name, f, primals, ...)` (a rule, as `check_vjp` / `check_jvp`):
 
 - `f` is the function whose rule is checked: a `jax.custom_vjp` or `jax.custom_jvp`
   function (checked by its own rule), or any function with the rule passed as `rule=`
@@ -8,7 +10,11 @@ A checks file defines `CHECKS`, a list of `jax_ref.RuleCheck(name, f, primals, .
   `rule(primals, tangents) -> (y, ẏ)`);
 - `primals` is a tuple of inputs, or a function returning one;
 - `reference=` is what autodiff differentiates (default: a custom function's undecorated
-  primal, or `f` when the rule is passed); `order=2` adds second derivatives.
+  primal, or `f` when the rule is passed); `order=2` adds second derivatives;
+- every other option of the check function is a field of the same name (`oracles`,
+  `contracts`, `scales`, `seed`, `directions`, `max_tries`; `rtol`, `atol` or
+  `tolerance_factor` set a tolerance, and the report shows it beside every result);
+- `GradientCheck`'s `params` (a pytree) and `args` may also be functions returning them.
 
 `handgrad check FILE.py` runs every check and writes gradcheck.json/.md/.png to --out;
 exit 0 when none fails and every input was judged, 1 otherwise, 2 for a file it cannot use.
@@ -19,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import handgrad
-from jax_ref import RuleCheck
+from jax_ref import GradientCheck, RuleCheck
 
 jax.config.update("jax_enable_x64", True)  # check in float64; float32 below by dtype
 
@@ -61,6 +67,17 @@ def linear_vjp(x, W, b, g):
     return g @ W.T, x.T @ g, g.sum(0)
 
 
+def tanh_loss(p, A, t):  # the README's example: a scalar loss of a pytree of parameters
+    return jnp.mean((jnp.tanh(A @ p["w"] + p["b"]) - t) ** 2)
+
+
+def tanh_loss_grad(p, A, t):
+    """r = tanh(A·w + b); d = 2 (r - t)(1 - r²) / N; ∂w = Aᵀ·d, ∂b = Σ d"""
+    r = jnp.tanh(A @ p["w"] + p["b"])
+    d = 2 * (r - t) * (1 - r**2) / t.size
+    return {"w": A.T @ d, "b": d.sum()}
+
+
 def _points(dtype):
     rng = np.random.default_rng(0)
     return lambda *shape: jnp.asarray(rng.normal(size=shape), dtype)
@@ -74,6 +91,20 @@ def _cases():
 r64, r32 = _cases()
 
 CHECKS = [
+    GradientCheck(
+        "tanh regression, hand gradient",
+        tanh_loss,
+        tanh_loss_grad,
+        {"w": r64(3), "b": r64()},
+        args=(r64(8, 3), r64(8)),
+    ),
+    GradientCheck(
+        "tanh regression, hand gradient, float32",
+        tanh_loss,
+        tanh_loss_grad,
+        {"w": r32(3), "b": r32()},
+        args=(r32(8, 3), r32(8)),
+    ),
     RuleCheck("tanh custom_vjp, float64", tanh, (r64(4, 5),), order=2),
     RuleCheck("tanh custom_vjp, float32", tanh, (r32(4, 5),)),
     RuleCheck("softplus custom_jvp", softplus, (r64(6),), kind="jvp"),

@@ -44,8 +44,9 @@ def _add_check(sub) -> None:
         "declares; write gradcheck.json/.md/.png",
         description="Without TARGET: sweep every registered derivation's functions over edge "
         "and random shapes, and its ledger. With TARGET (a PATH.py or a module name that "
-        "defines CHECKS = [jax_ref.RuleCheck(...), ...], see examples/rules.py): check those "
-        "custom_vjp/custom_jvp or hand-written rules. Exit 0 pass, 1 a check failed or an "
+        "defines CHECKS = [jax_ref.GradientCheck(...), jax_ref.RuleCheck(...), ...], see "
+        "examples/rules.py): check those hand gradients, custom_vjp/custom_jvp or hand-written "
+        "rules. Exit 0 pass, 1 a check failed or an "
         "input was judged by no oracle, 2 bad usage.",
     )
     c.add_argument(
@@ -166,7 +167,7 @@ def out_dir_problem(path: str) -> str | None:
 
 
 def _check_rules(args) -> int:
-    from jax_ref.declared import load_checks, run_rule_checks
+    from jax_ref.declared import load_checks, run_declared
 
     try:
         source, checks = load_checks(args.target)
@@ -176,7 +177,7 @@ def _check_rules(args) -> int:
     t0 = time.perf_counter()
     bar = progress_bar(len(checks), "rules", unit="check")
     try:
-        report = run_rule_checks(source, checks, on_check=lambda c: bar(source, c.name))
+        report = run_declared(source, checks, on_check=lambda c: bar(source, c.name))
     finally:
         bar.close()
     return _write_check(args, report, time.perf_counter() - t0)

@@ -9,7 +9,7 @@ strategies) needs the `dev` extra and is imported on its own. docs/architecture.
 
 import importlib
 
-from jax_ref.declared import RuleCheck
+from jax_ref.declared import GradientCheck, RuleCheck
 from jax_ref.gradients import assert_gradients, check_gradients
 from jax_ref.rules import assert_jvp, assert_vjp, check_jvp, check_vjp
 from jax_ref.tolerances import TOLERANCES, tolerance
@@ -44,6 +44,7 @@ __all__ = [
     "REGISTRY",
     "TOLERANCES",
     "CheckResult",
+    "GradientCheck",
     "RuleCheck",
     "Verdict",
     "assert_gradients",

@@ -19,7 +19,7 @@ import numpy as np
 
 from jax_ref.finite_difference import build_engine
 from jax_ref.runtime import enable_x64
-from jax_ref.tolerances import budget, rel_error, tolerance
+from jax_ref.tolerances import budget, budget_tolerance, rel_error, tolerance
 from jax_ref.trees import error_text, is_float, leaf_name, to64
 from jax_ref.verdict import CheckResult, compare, inconclusive_check
 
@@ -74,7 +74,8 @@ def judge(name, got, want, golden, dtype, scale, why_no_golden, oracle=ORACLE) -
         f"precision budget: within {b.k:g} x {oracle}'s own error "
         f"{base:.2g} + {b.floor:.2g} of the float64 golden value"
     )
-    r = compare(name, oracle, got, golden, dtype, b.k * base + b.floor, note=note, **kw)
+    tol = budget_tolerance(b, base)
+    r = compare(name, oracle, got, golden, dtype, tol, note=note, **kw)
     return dataclasses.replace(r, baseline_err=base)
 
 

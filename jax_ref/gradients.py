@@ -16,12 +16,13 @@ import numpy as np
 
 from jax_ref.autodiff import autodiff_results, singular_elements
 from jax_ref.finite_difference import finite_difference_results
+from jax_ref.record import run_check, subject_of
 from jax_ref.runtime import OwnCodeError
-from jax_ref.tolerances import budget, tolerance
+from jax_ref.tolerances import budget, default_tolerance
 from jax_ref.trees import error_text, leaf_name
-from jax_ref.verdict import CheckResult, assert_verdict
+from jax_ref.verdict import CheckResult
 
-__all__ = ["GRADIENT_ORACLES", "assert_gradients", "check_gradients"]
+__all__ = ["GRADIENT_ORACLES", "assert_gradients", "check_gradients", "gradient_results"]
 
 GRADIENT_ORACLES = ("autodiff", "finite_difference")
 
@@ -79,6 +80,9 @@ def check_gradients(
     max_tries: int = 12,
     scales: Any = None,
     loss_scale: float = 0.0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerance_factor: float | None = None,
 ) -> list[CheckResult]:
     """`grad_fn(params, *args)` against autodiff and finite differences of the scalar
     `loss_fn(params, *args)`: one `CheckResult` per float leaf and oracle.
@@ -87,7 +91,43 @@ def check_gradients(
     too (parameter "loss"). `directions` is the number of random directions per round
     (at least 2), `max_tries` the most a leaf may use. `scales` (a pytree like `params`
     of floats) and `loss_scale` give each leaf's natural error scale where cancellation
-    makes a gradient smaller than its rounding's scale (jax_ref.tolerances)."""
+    makes a gradient smaller than its rounding's scale (jax_ref.tolerances). `rtol`,
+    `atol`, `tolerance_factor` set the tolerance (jax_ref.tolerances.Override), stamped
+    on each result (`tolerance_set`) and shown in every message and report."""
+    options = dict(
+        seed=seed,
+        oracles=oracles,
+        returns_loss=returns_loss,
+        directions=directions,
+        max_tries=max_tries,
+        scales=scales,
+        loss_scale=loss_scale,
+    )
+    return run_check(
+        "check_gradients",
+        subject_of(loss_fn, grad_fn),
+        (params, *args),
+        lambda: gradient_results(loss_fn, grad_fn, params, *args, **options),
+        rtol=rtol,
+        atol=atol,
+        tolerance_factor=tolerance_factor,
+    )
+
+
+def gradient_results(
+    loss_fn,
+    grad_fn,
+    params,
+    *args,
+    seed=0,
+    oracles=GRADIENT_ORACLES,
+    returns_loss=False,
+    directions=2,
+    max_tries=12,
+    scales=None,
+    loss_scale=0.0,
+) -> list[CheckResult]:
+    """`check_gradients`'s work, under whatever tolerance is in force (no record)."""
     unknown = set(oracles) - set(GRADIENT_ORACLES)
     if unknown or not oracles:
         raise ValueError(
@@ -141,7 +181,7 @@ def _dtype_rounding(scales, params, grads, ad_results):
             out.append(s)
             continue
         size = max(float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0)), s)
-        out.append(max(s, budget(dt).k * b * size / tolerance(dt)))
+        out.append(max(s, budget(dt).k * b * size / default_tolerance(dt)))
     return jax.tree.unflatten(jax.tree.structure(params), out)
 
 
@@ -154,10 +194,27 @@ def _theirs(fn, what, *a):
 
 
 def assert_gradients(
-    loss_fn, grad_fn, params, *args, allow_inconclusive: bool = False, **kwargs
+    loss_fn,
+    grad_fn,
+    params,
+    *args,
+    allow_inconclusive: bool = False,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerance_factor: float | None = None,
+    **kwargs,
 ) -> list[CheckResult]:
     """`check_gradients`, raising an AssertionError naming every failed leaf and oracle
     (the worst element or direction and both values), and every leaf that no oracle
     judged (unless `allow_inconclusive`). Returns the results otherwise."""
-    results = check_gradients(loss_fn, grad_fn, params, *args, **kwargs)
-    return assert_verdict(results, "gradient", allow_inconclusive)
+    return run_check(
+        "assert_gradients",
+        subject_of(loss_fn, grad_fn),
+        (params, *args),
+        lambda: gradient_results(loss_fn, grad_fn, params, *args, **kwargs),
+        rtol=rtol,
+        atol=atol,
+        tolerance_factor=tolerance_factor,
+        assert_what="gradient",
+        allow_inconclusive=allow_inconclusive,
+    )

@@ -21,12 +21,20 @@ from jax_ref.verdict import verdict
 
 __all__ = [
     "assemble_report",
+    "cell",
+    "failure_lines",
+    "fmt",
     "from_json",
+    "function_table",
     "gradcheck_markdown",
+    "group_by",
+    "inconclusive_table",
+    "margin",
     "mutants_markdown",
     "plot_gradcheck",
     "plot_limits",
     "replace_section",
+    "status_of",
     "to_json",
     "versions",
     "write_files",
@@ -183,7 +191,7 @@ def write_files(out_dir: str | os.PathLike, files: dict[str, str | bytes | Calla
     return [target for _, target in staged]
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
@@ -197,11 +205,11 @@ def _verdict(ok: bool) -> str:
     return "✅ pass" if ok else "❌ FAIL"
 
 
-def _ratio(c: dict) -> float:
+def margin(c: dict) -> float:
     """A judged check's error over its tolerance (inf for a failure with no number)."""
     err, tol = c["max_rel_err"], c["tolerance"]
     if err is None or (isinstance(err, float) and math.isnan(err)):
-        return math.inf if _status(c) == "failed" else 0.0
+        return math.inf if status_of(c) == "failed" else 0.0
     if tol is None or not tol > 0:
         return math.inf if err > 0 else 0.0
     return err / tol
@@ -211,7 +219,7 @@ def plot_limits(checks) -> tuple[float, float, float]:
     """(bottom, top, band) of the plot's y-axis: exact results at the bottom, the axis up
     to 10x the largest judged error/tolerance (at least 1e3), failures with no finite
     error in a band above it."""
-    ratios = [_ratio(c) for c in checks if _status(c) != "inconclusive"]
+    ratios = [margin(c) for c in checks if status_of(c) != "inconclusive"]
     top = max([1e3, *(10 * r for r in ratios if math.isfinite(r))])
     return 1e-12, top, top * 3
 
@@ -223,14 +231,14 @@ def _draw_points(ax, checks, columns, floor, band) -> None:
     markers = {"autodiff": "o", "finite_difference": "^", "referee": "s"}
     colors = {"float64": "tab:blue", "float32": "tab:orange", "bfloat16": "tab:green"}
     for (oracle, dtype, status), group in group_by(
-        [dict(c, _s=_status(c)) for c in checks], ("oracle", "dtype", "_s")
+        [dict(c, _s=status_of(c)) for c in checks], ("oracle", "dtype", "_s")
     ).items():
         col = lambda c: c["function"] if c["oracle"] in ORACLES else f"contract: {c['oracle']}"  # noqa: E731
         xs = [columns.index(col(c)) + (_jitter_seed(c) % 41 - 20) / 60 for c in group]
         if status == "inconclusive":
             ax.scatter(xs, [floor * 2] * len(xs), s=14, marker="x", color="gray")
             continue
-        ys = [min(max(_ratio(c), floor), band) for c in group]
+        ys = [min(max(margin(c), floor), band) for c in group]
         failed = status == "failed"
         ax.scatter(
             xs,
@@ -266,7 +274,9 @@ def plot_gradcheck(report: dict, path) -> None:
     floor, top, band = plot_limits(checks)
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
     _draw_points(ax, checks, columns, floor, band)
-    counts = {s: sum(_status(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")}
+    counts = {
+        s: sum(status_of(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")
+    }
     ax.scatter([], [], marker="x", color="gray", label=f"inconclusive ({counts['inconclusive']})")
     ax.axhline(1.0, color="red", lw=1)
     ax.axhspan(top, band * 2, color="red", alpha=0.08)
@@ -281,7 +291,8 @@ def plot_gradcheck(report: dict, path) -> None:
     word = "PASS" if report["passed"] else "FAIL"
     ax.set_title(
         f"{word}: {len(checks)} checks, {counts['passed']} passed, {counts['failed']} failed, "
-        f"{counts['inconclusive']} inconclusive (seed {report['seed']})",
+        f"{counts['inconclusive']} inconclusive"
+        + ("" if report.get("seed") is None else f" (seed {report['seed']})"),
         color="black" if report["passed"] else "red",
     )
     ax.legend(fontsize=7, loc="upper left", ncol=3)
@@ -309,14 +320,16 @@ def cell(x) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def _status(c: dict) -> str:
+def status_of(c: dict) -> str:
     return c.get("status", "passed" if c["passed"] else "failed")
 
 
 def _summary(report: dict, png_name: str) -> list[str]:
     """The head of gradcheck.md: the verdict in words, versions, how to read it."""
     checks, ledger = report["checks"], report["ledger"]
-    counts = {s: sum(_status(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")}
+    counts = {
+        s: sum(status_of(c) == s for c in checks) for s in ("passed", "failed", "inconclusive")
+    }
     l_fail = sum(not e["passed"] for e in ledger)
     unjudged = report.get("unjudged", [])
     v = report["versions"]
@@ -355,28 +368,35 @@ def _summary(report: dict, png_name: str) -> list[str]:
     ]
 
 
-def _function_table(derivation: str, function: str, rows: list[dict]) -> list[str]:
-    """One function's results, a row per (parameter, dtype, oracle)."""
-    lines = [
-        f"## `{derivation}`: `{function}`",
-        "",
-        "| parameter | dtype | oracle | checks | passed | failed | inconclusive |"
-        " worst rel err | its tolerance | detects ≥ | worst case |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+def _tolerance_cell(rows: list[dict], worst: dict) -> str:
+    """The worst row's tolerance, and any tolerance a caller set (always visible)."""
+    text = fmt(worst["tolerance"])
+    set_ = sorted({r.get("tolerance_set") for r in rows if r.get("tolerance_set")})
+    return text + (f" ⚠️ {cell('; '.join(set_))}" if set_ else "")
+
+
+def function_table(rows: list[dict], session: bool = False) -> list[str]:
+    """One function's (or test's) results, a row per (parameter, dtype, oracle); in a test
+    session's report, hypothesis's aggregated rows count their examples."""
+    head = "| parameter | dtype | oracle | checks | passed | failed | inconclusive |"
+    head += " worst rel err | its tolerance | detects ≥ | worst case |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for (param, dtype, oracle), g in group_by(rows, ("parameter", "dtype", "oracle")).items():
-        judged = [c for c in g if _status(c) != "inconclusive"]
-        worst = max(
-            judged or g,
-            key=lambda c: c["max_rel_err"] / c["tolerance"] if c["tolerance"] else 0.0,
-        )
-        n = {s: sum(_status(c) == s for c in g) for s in ("passed", "failed", "inconclusive")}
+        judged = [c for c in g if status_of(c) != "inconclusive"]
+        worst = max(judged or g, key=margin)
+        n = dict.fromkeys(("passed", "failed", "inconclusive"), 0)
+        for c in g:
+            for s, k in (c.get("statuses") or {status_of(c): 1}).items():
+                n[s] += k
         det = max((c.get("detectable_rel_err", math.nan) for c in judged), default=math.nan)
+        case = worst["case"]
+        if session and worst.get("example") in ("final", "aggregated"):
+            case += " (final)" if worst["example"] == "final" else ""
         lines.append(
-            f"| {cell(param)} | {dtype} | {oracle} | {len(g)} | {n['passed']} | "
+            f"| {cell(param)} | {dtype} | {oracle} | {sum(n.values())} | {n['passed']} | "
             f"{n['failed'] or ''}{' ❌' if n['failed'] else ''} | "
-            f"{n['inconclusive'] or ''} | {_fmt(worst['max_rel_err'])} | "
-            f"{_fmt(worst['tolerance'])} | {_fmt(det)} | {cell(worst['case'])} |"
+            f"{n['inconclusive'] or ''} | {fmt(worst['max_rel_err'])} | "
+            f"{_tolerance_cell(g, worst)} | {fmt(det)} | {cell(case)} |"
         )
     return [*lines, ""]
 
@@ -397,37 +417,55 @@ def _below_resolution_lines(rows: list[dict]) -> list[str]:
     ]
     lines += [
         f"| {cell(c['function'])} | {cell(c['parameter'])} | {cell(c['case'])} | "
-        f"{_fmt(abs(c['want']) if c['want'] is not None else None)} | "
-        f"{_fmt(c['detectable_rel_err'])} |"
+        f"{fmt(abs(c['want']) if c['want'] is not None else None)} | "
+        f"{fmt(c['detectable_rel_err'])} |"
         for c in rows
     ]
     return [*lines, ""]
 
 
-def _failure_lines(checks: list[dict]) -> list[str]:
-    """Every failed check, with what failed and why (a contract's reason is only here)."""
-    failed = [c for c in checks if _status(c) == "failed"]
+def _where(c: dict) -> str:
+    idx = c.get("worst_index") or []
+    kind = "direction" if c.get("index_kind") == "direction" else "element"
+    return f"{kind} {list(idx)}" if idx else ("-" if c["oracle"] not in _VALUED else "(scalar)")
+
+
+def _value(c: dict, key: str) -> str:
+    """A failed result's value (hand or oracle's) at its worst place; "-" for a contract
+    check that compares no values (structure)."""
+    return "-" if c["oracle"] == "structure" else fmt(c.get(key))
+
+
+_VALUED = ("autodiff", "finite_difference", "referee", "primal", "jit", "vmap", "composed")
+
+
+def failure_lines(checks: list[dict]) -> list[str]:
+    """Every failed check in full: where, what failed, its worst element (or direction),
+    the hand value and the oracle's there, the error against its tolerance, and why."""
+    failed = [c for c in checks if status_of(c) == "failed"]
     if not failed:
         return []
     lines = [
         "## What failed, and why",
         "",
-        "| function | parameter | check | why | rel err | tolerance |",
-        "|---|---|---|---|---:|---:|",
+        "| function | case | parameter | check | worst at | hand | oracle's | rel err |"
+        " tolerance | why |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {cell(c['function'])} | {cell(c['parameter'])} | {c['oracle']} | "
-        f"{cell(c['note'] or '-')} | {_fmt(c['max_rel_err'])} | {_fmt(c['tolerance'])} |"
+        f"| {cell(c['function'])} | {cell(c['case'])} | {cell(c['parameter'])} | {c['oracle']} |"
+        f" {_where(c)} | {_value(c, 'got')} | {_value(c, 'want')} |"
+        f" {fmt(c['max_rel_err'])} | {_tolerance_cell([c], c)} | {cell(c['note'] or '-')} |"
         for c in failed
     ]
     return [*lines, ""]
 
 
-def _inconclusive_table(checks: list[dict]) -> list[str]:
+def inconclusive_table(checks: list[dict]) -> list[str]:
     reasons = collections.Counter(
         (c["derivation"], c["oracle"], c["note"].split(":")[0])
         for c in checks
-        if _status(c) == "inconclusive"
+        if status_of(c) == "inconclusive"
     )
     if not reasons:
         return []
@@ -459,7 +497,7 @@ def _ledger_lines(ledger: list[dict]) -> list[str]:
         shape = e["shape"] + ("" if e["shape_ok"] else f" ≠ {actual}")
         lines.append(
             f"| {e['derivation']} | {e['chain']} | {cell(e['step'])} | {cell(e['equation'])} |"
-            f" {cell(shape)} | {_fmt(e['rel_err'])} | {_fmt(e['vs_previous'])} |"
+            f" {cell(shape)} | {fmt(e['rel_err'])} | {fmt(e['vs_previous'])} |"
             f" {'yes' if e['extreme_finite'] else '**no** (NaN/inf)'} | {_verdict(e['passed'])} |"
         )
     unstable = [e for e in ledger if not e["extreme_finite"]]
@@ -483,10 +521,10 @@ def gradcheck_markdown(report: dict, png_name: str = "gradcheck.png") -> str:
     for (derivation, function), rows in group_by(
         report["checks"], ("derivation", "function")
     ).items():
-        lines += _function_table(derivation, function, rows)
-    lines += _failure_lines(report["checks"])
+        lines += [f"## `{derivation}`: `{function}`", "", *function_table(rows)]
+    lines += failure_lines(report["checks"])
     lines += _below_resolution_lines(report.get("below_resolution", []))
-    lines += _inconclusive_table(report["checks"])
+    lines += inconclusive_table(report["checks"])
     if report["ledger"]:
         lines += _ledger_lines(report["ledger"])
     return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ from jax_ref.contracts import (
 )
 from jax_ref.finite_difference import finite_difference_results
 from jax_ref.finite_difference.along import Along, differences_along
+from jax_ref.record import run_check, subject_of
 from jax_ref.runtime import OwnCodeError
 from jax_ref.tangents import (
     Inputs,
@@ -59,7 +60,6 @@ from jax_ref.trees import error_text, is_float, to64
 from jax_ref.verdict import (
     CONTRACTS,
     CheckResult,
-    assert_verdict,
     failed_check,
     inconclusive_check,
     passed_check,
@@ -73,7 +73,10 @@ __all__ = [
     "assert_vjp",
     "check_jvp",
     "check_vjp",
+    "jvp_results",
+    "vjp_results",
 ]
+
 
 # moved to jax_ref.declared; still importable from here (loaded on first use: declared
 # imports this module)
@@ -262,12 +265,54 @@ def check_vjp(
     directions: int = 2,
     max_tries: int = 12,
     scales: dict[str, float] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerance_factor: float | None = None,
 ) -> list[CheckResult]:
     """Check a VJP rule of `f` at `primals`: `vjp(*primals, ct) -> (ct_0, ..., ct_n)` if
     given, else f's own rule. One result per float input leaf and oracle, then the
     contract checks (jax_ref.contracts); `order=2` adds the second-order check. `scales`
     ({input leaf name: float}) replaces those leaves' natural error scale (default:
-    max|ȳ|·max|y| in low precision, 0 in float64)."""
+    max|ȳ|·max|y| in low precision, 0 in float64). `rtol` replaces the relative tolerance
+    (the table's, or the precision budget's), `atol` adds an absolute one per element,
+    `tolerance_factor` multiplies it: each result carries what was set (`tolerance_set`),
+    shown in every message and report."""
+    options = dict(
+        vjp=vjp,
+        reference=reference,
+        seed=seed,
+        order=order,
+        oracles=oracles,
+        contracts=contracts,
+        directions=directions,
+        max_tries=max_tries,
+        scales=scales,
+    )
+    return run_check(
+        "check_vjp",
+        subject_of(f),
+        primals,
+        lambda: vjp_results(f, *primals, **options),
+        rtol=rtol,
+        atol=atol,
+        tolerance_factor=tolerance_factor,
+    )
+
+
+def vjp_results(
+    f,
+    *primals,
+    vjp=None,
+    reference=None,
+    seed=0,
+    order=1,
+    oracles=RULE_ORACLES,
+    contracts=CONTRACTS,
+    directions=2,
+    max_tries=12,
+    scales=None,
+) -> list[CheckResult]:
+    """`check_vjp`'s work, under whatever tolerance is in force (no record)."""
     inputs = _validate("vjp", f, vjp, primals, oracles, contracts, CONTRACTS)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2; got {order!r}")
@@ -456,13 +501,49 @@ def check_jvp(
     oracles: Sequence[str] = RULE_ORACLES,
     contracts: Sequence[str] = JVP_CONTRACTS,
     max_tries: int = 12,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerance_factor: float | None = None,
 ) -> list[CheckResult]:
     """Check a JVP (tangent) rule of `f` at `primals`: `jvp(primals, tangents) -> (y, ẏ)`
     if given, else f's own (a `custom_jvp` function's rule). Per float input leaf,
     TANGENTS random tangents in that leaf alone: `autodiff` compares the output tangents
     with the reference's JVP, `finite_difference` ⟨ȳ, ẏ⟩ with differences of f. Then the
     contract checks (jax_ref.contracts); `order=2` adds the derivative of the rule's
-    tangents along a second tangent (`second_order`)."""
+    tangents along a second tangent (`second_order`). `rtol`, `atol` and `tolerance_factor`
+    as in `check_vjp`."""
+    options = dict(
+        jvp=jvp,
+        reference=reference,
+        seed=seed,
+        order=order,
+        oracles=oracles,
+        contracts=contracts,
+        max_tries=max_tries,
+    )
+    return run_check(
+        "check_jvp",
+        subject_of(f),
+        primals,
+        lambda: jvp_results(f, *primals, **options),
+        rtol=rtol,
+        atol=atol,
+        tolerance_factor=tolerance_factor,
+    )
+
+
+def jvp_results(
+    f,
+    *primals,
+    jvp=None,
+    reference=None,
+    seed=0,
+    order=1,
+    oracles=RULE_ORACLES,
+    contracts=JVP_CONTRACTS,
+    max_tries=12,
+) -> list[CheckResult]:
+    """`check_jvp`'s work, under whatever tolerance is in force (no record)."""
     inputs = _validate("jvp", f, jvp, primals, oracles, contracts, JVP_CONTRACTS)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2; got {order!r}")
@@ -565,15 +646,26 @@ def _singular_inputs(f, ref, inputs, ct, most=32) -> dict[str, np.ndarray]:
 # --- assertions ----------------------------------------------------------------------------
 
 
+def _asserting(call, work, what, f, primals, allow_inconclusive, kwargs):
+    tol = {k: kwargs.pop(k, None) for k in ("rtol", "atol", "tolerance_factor")}
+    return run_check(
+        call,
+        subject_of(f),
+        primals,
+        lambda: work(f, *primals, **kwargs),
+        **tol,
+        assert_what=what,
+        allow_inconclusive=allow_inconclusive,
+    )
+
+
 def assert_vjp(f, *primals, allow_inconclusive: bool = False, **kwargs) -> list[CheckResult]:
     """`check_vjp`, raising an AssertionError that names each failed input leaf or contract,
     the oracle, the worst element (or direction) and both values; and each input leaf or
     contract check nothing judged (unless `allow_inconclusive`)."""
-    results = check_vjp(f, *primals, **kwargs)
-    return assert_verdict(results, "VJP rule", allow_inconclusive)
+    return _asserting("assert_vjp", vjp_results, "VJP rule", f, primals, allow_inconclusive, kwargs)
 
 
 def assert_jvp(f, *primals, allow_inconclusive: bool = False, **kwargs) -> list[CheckResult]:
     """`check_jvp`, raising as `assert_vjp` does."""
-    results = check_jvp(f, *primals, **kwargs)
-    return assert_verdict(results, "JVP rule", allow_inconclusive)
+    return _asserting("assert_jvp", jvp_results, "JVP rule", f, primals, allow_inconclusive, kwargs)

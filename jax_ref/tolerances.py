@@ -7,12 +7,31 @@ the natural scale being the magnitude its rounding lives on (docs/oracles.md).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["BUDGETS", "TOLERANCES", "Budget", "budget", "rel_error", "tolerance", "unit_roundoff"]
+__all__ = [
+    "BUDGETS",
+    "TOLERANCES",
+    "Budget",
+    "Override",
+    "absolute_allowance",
+    "budget",
+    "budget_tolerance",
+    "current_override",
+    "default_tolerance",
+    "overridden",
+    "override_from",
+    "rel_error",
+    "tolerance",
+    "unit_roundoff",
+]
 
 TOLERANCES: dict[str, float] = {
     # u = 1.1e-16. 1e-10 covers the worst-case n·u of reductions up to n ~ 10^6 (typical
@@ -65,12 +84,108 @@ def unit_roundoff(dtype) -> float:
     return float(jnp.finfo(dtype).eps) / 2
 
 
-def tolerance(dtype) -> float:
-    """The tolerance for comparing a hand-derived result of `dtype` with the referee."""
+def default_tolerance(dtype) -> float:
+    """The table's tolerance for `dtype`, whatever a caller has set."""
     name = jnp.dtype(dtype).name
     if name not in TOLERANCES:
         raise ValueError(f"no tolerance for dtype {name}; known: {sorted(TOLERANCES)}")
     return TOLERANCES[name]
+
+
+def tolerance(dtype) -> float:
+    """The relative tolerance for comparing a hand-derived result of `dtype` with an
+    oracle: the table's, or what the caller of the running check set (`Override`)."""
+    base, o = default_tolerance(dtype), _OVERRIDE.get()
+    if o is None:
+        return base
+    return (base if o.rtol is None else o.rtol) * o.factor
+
+
+def budget_tolerance(b: Budget, baseline: float) -> float:
+    """The relative tolerance a precision budget gives against the float64 golden value,
+    k x the oracle's own error `baseline` + the floor; or what the caller set."""
+    o = _OVERRIDE.get()
+    if o is not None and o.rtol is not None:
+        return o.rtol * o.factor
+    return (b.k * baseline + b.floor) * (1.0 if o is None else o.factor)
+
+
+def current_override() -> Override | None:
+    """The tolerance the caller of the running check set, if any."""
+    return _OVERRIDE.get()
+
+
+def absolute_allowance() -> float:
+    """The absolute error per element the caller of the running check allows (atol), in
+    the units of the values compared; 0 by default."""
+    o = _OVERRIDE.get()
+    return 0.0 if o is None else o.atol
+
+
+# --- a tolerance set by the caller of one check --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """A tolerance the caller of one check set (`check_*(rtol=, atol=, tolerance_factor=)`).
+
+    `rtol` replaces the relative tolerance, table or precision budget; `factor` multiplies
+    it (the table's, the budget's or `rtol`); `atol` adds an absolute allowance per element
+    (as `numpy.allclose`: |hand - oracle| <= atol + rtol x scale). Every result of the check
+    carries `describe()` (CheckResult.tolerance_set), shown in every message and report:
+    a loosened check is always visible. The power (`detectable_rel_err`) is computed with
+    the tolerance in force, so a tolerance too loose to see a 100 % error is inconclusive."""
+
+    rtol: float | None = None
+    atol: float = 0.0
+    factor: float = 1.0
+
+    def describe(self) -> str:
+        parts = [f"rtol={self.rtol:g}"] if self.rtol is not None else []
+        parts += [f"atol={self.atol:g}"] if self.atol else []
+        parts += [f"tolerance_factor={self.factor:g}"] if self.factor != 1.0 else []
+        return "set by the caller: " + ", ".join(parts)
+
+
+_OVERRIDE: contextvars.ContextVar[Override | None] = contextvars.ContextVar(
+    "jax_ref_tolerance_override", default=None
+)
+
+
+def _positive(name: str, x) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number; got {type(x).__name__} {x!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {x!r}")
+    return v
+
+
+def override_from(rtol=None, atol=None, tolerance_factor=None) -> Override | None:
+    """The `Override` a check's `rtol`, `atol` and `tolerance_factor` arguments ask for (None
+    when none is given); a ValueError naming the argument that is not a number >= 0 (a
+    factor must be > 0: 0 would pass nothing and judge nothing)."""
+    if rtol is None and atol is None and tolerance_factor is None:
+        return None
+    o = Override(
+        rtol=None if rtol is None else _positive("rtol", rtol),
+        atol=0.0 if atol is None else _positive("atol", atol),
+        factor=1.0 if tolerance_factor is None else _positive("tolerance_factor", tolerance_factor),
+    )
+    if o.factor == 0:
+        raise ValueError("tolerance_factor must be > 0; got 0")
+    return o
+
+
+@contextlib.contextmanager
+def overridden(o: Override | None):
+    """Within: `tolerance`, `budget_tolerance` and `absolute_allowance` answer with `o`."""
+    token = _OVERRIDE.set(o)
+    try:
+        yield o
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def rel_error(got, want, scale: float = 0.0) -> tuple[float, float, tuple[int, ...]]:

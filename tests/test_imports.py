@@ -22,9 +22,11 @@ CHECKER = {
     "declared",
     "finite_difference",
     "gradients",
+    "record",  # every check call told to a listener (the pytest plugin)
     "report",
     "rules",
     "runtime",
+    "session",  # a test session's report
     "tangents",
     "tolerances",
     "trees",

@@ -19,7 +19,7 @@ import numpy as np
 
 from jax_ref.finite_difference.stencil import STENCIL, H
 from jax_ref.runtime import enable_x64, highest_precision
-from jax_ref.tolerances import tolerance
+from jax_ref.tolerances import absolute_allowance, tolerance
 from jax_ref.verdict import CheckResult, inconclusive_check
 
 __all__ = ["Along", "differences_along", "flat"]
@@ -62,7 +62,7 @@ class Along:
             return inconclusive_check(name, oracle, _join(note, why), **kw)
         scale = max(float(np.max(np.abs(self.est[ok]))), float(np.max(np.abs(g[ok]))), natural)
         scale = scale if scale > 0 else 1.0
-        allowed = self.bound + tolerance(dtype) * scale
+        allowed = self.bound + tolerance(dtype) * scale + absolute_allowance()
         with np.errstate(invalid="ignore"):
             diff = np.where(ok, np.abs(g - self.est), 0.0)
             diff = np.where(ok & ~np.isfinite(g), np.inf, diff)

@@ -14,7 +14,7 @@ from jax_ref.finite_difference import stencil
 from jax_ref.finite_difference.probe import BIG, Probe
 from jax_ref.finite_difference.stencil import NOISE, STENCIL, Directional, directional
 from jax_ref.runtime import highest_precision
-from jax_ref.tolerances import tolerance
+from jax_ref.tolerances import absolute_allowance, tolerance
 from jax_ref.trees import is_float, leaf_name, rms
 from jax_ref.verdict import CheckResult, inconclusive_check, powerless
 
@@ -52,6 +52,7 @@ class Leaf:
         # along a sign direction: Σ δ_i r_i with random signs exceeds 4 ‖δ‖ with
         # probability < 7e-4 (Hoeffding)
         rho = tolerance(self.gdtype) * max(self.gmax if finite else 0.0, self.natural)
+        rho += absolute_allowance()  # atol, where the caller set one
         self.budget = 4 * math.sqrt(self.n) * rho * self.s
         self.gscale = max(self.gmax if finite else 0.0, self.natural)
         # The first step: a big leaf usually feeds many units, and a step of H crosses
@@ -469,7 +470,8 @@ class Engine:
         (a convention: |x| or relu at 0); else it is not judged. (verdict, why):
         "failed", "passed" (every element judged or within its slopes), or "unjudged"."""
         leaf = self.leaves[i]
-        allow = 4 * tolerance(leaf.gdtype) * max(leaf.gmax, leaf.natural) * leaf.s
+        rho = tolerance(leaf.gdtype) * max(leaf.gmax, leaf.natural) + absolute_allowance()
+        allow = 4 * rho * leaf.s
         between = 0
         for c, d in zip(elements, self.coordinates(i, [int(c) for c in elements])):
             hand = leaf.s * leaf.flat_g[c]
