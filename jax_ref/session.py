@@ -271,9 +271,16 @@ def _test_sections(report: dict) -> list[str]:
     lines = []
     for t in report["tests"]:
         rows = by_test.get(t["nodeid"], [])
-        if not rows:
+        if not t["calls"]:
             continue
         lines += [f"## `{cell(t['nodeid'])}` ({t['outcome']})", ""]
+        if not rows:
+            lines += [
+                f"No result counted: {t['expected_failures']} expected failures and"
+                f" {t['errors']} errors of the code under test, listed below.",
+                "",
+            ]
+            continue
         if t["hypothesis"]:
             lines += [
                 f"A hypothesis property: {t['examples']} examples ran checks; each row is the"

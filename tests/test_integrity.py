@@ -458,3 +458,22 @@ def test_a_convention_at_a_kink_is_judged_by_its_one_sided_slopes():
     assert verdict(res).passed, [r.describe() for r in res]
     assert any("one-sided slopes" in r.note for r in res if r.oracle == "autodiff")
     assert verdict(jr.check_jvp(_relu_with(3.0), x)).failed
+
+
+def test_a_zero_hand_gradient_where_the_loss_has_slope_fails_on_differences_alone():
+    """Before: a hand gradient of exactly 0 (a dropped term, a stop_gradient, a where-trap's
+    zero) against a slope of 1.63 was inconclusive under finite differences: the power,
+    relative to the hand's own largest entry (0), is none, and a failure was treated as a
+    powerless pass. A failure's error exceeds its allowance whatever the power: it fails."""
+
+    def loss(p, x):
+        return jnp.sum(p["a"] * jnp.sin(x) ** 2)
+
+    x, p = _x(4, seed=3), {"a": jnp.array(0.7)}
+    for tiny in (0.0, 1e-16):
+        dropped = lambda p, x, tiny=tiny: {"a": jnp.asarray(tiny)}  # noqa: E731
+        results = jr.check_gradients(loss, dropped, p, x, oracles=("finite_difference",))
+        assert _statuses(results, "finite_difference") == ["failed"], results
+    right = lambda p, x: {"a": jnp.sum(jnp.sin(x) ** 2)}  # noqa: E731
+    results = jr.check_gradients(loss, right, p, x, oracles=("finite_difference",))
+    assert _statuses(results, "finite_difference") == ["passed"]
