@@ -6,7 +6,7 @@ every result, then a record (a dict) told: `call`, `subject` (the user's functio
 name), `case` (inputs' dtypes and shapes), `tolerance_set`, `asserted`, `raised` (an
 AssertionError), `error` (the user's code or input raised: the message, naming which
 function), `results` (`to_dict()` each); for `check_*`, `judged` turns True when the
-caller asks for the verdict (`jax_ref.verdict`, `.passed`). No listener, nothing built.
+caller reads the verdict (`.status`, `jax_ref.verdict`). No listener, nothing built.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (handgrad_cli.pytest_plugin records; this module judges and renders). docs/ci.md.
 
 Per test: a failure the test expected (an `assert_*` or exception it caught, an xfail, a
-`check_*` whose verdict it asked for, and then it passed) is listed apart, not counted; a
+`check_*` whose verdict it read, and then it passed) is listed apart, not counted; a
 `check_*` failure nobody looked at counts. A hypothesis property's examples aggregate (the
 worst stands for all); its reported failing example is kept in full; its other failing
 examples (search and shrinking) are counted only. A user's exception is an error, naming
@@ -47,9 +47,7 @@ def _how(record: dict, outcome: str) -> str:
         return f"raised {record['error']}; the test, which passed, expected it"
     if record["raised"]:
         return "raised AssertionError, caught by the test, which passed (pytest.raises)"
-    return (
-        "check_* results whose verdict the test asked for (jax_ref.verdict or .passed); it passed"
-    )
+    return "check_* results whose verdict the test read (.status, jax_ref.verdict); it passed"
 
 
 def _rows(nodeid: str, record: dict, example) -> list[dict]:

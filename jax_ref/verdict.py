@@ -74,10 +74,13 @@ class CheckResult:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}; got {self.status!r}")
 
+    def __getattribute__(self, name):
+        if name == "status" and _WATCHED:  # the caller reads a verdict (see `watch`)
+            judged_by_caller((self,))
+        return object.__getattribute__(self, name)
+
     @property
     def passed(self) -> bool:
-        if _WATCHED:
-            judged_by_caller([self])
         return self.status == "passed"
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,9 +110,9 @@ class CheckResult:
 
 
 # Results a check call returned, watched while a listener records them (jax_ref.record):
-# {id(result): (result, its call's record)}. A test that asks for their verdict (`verdict`,
-# `.passed`) judged them itself; the pytest plugin counts their failures as expected when
-# the test then passes.
+# {id(result): (result, its call's record)}. A test that reads their verdict (`verdict`,
+# `.status`, `.passed`, `describe()`) judged them itself; the pytest plugin counts their
+# failures as expected when the test then passes.
 _WATCHED: dict[int, tuple[CheckResult, dict]] = {}
 
 

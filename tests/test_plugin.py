@@ -95,9 +95,13 @@ def _run(pytester, *args):
 @pytest.fixture(autouse=True)
 def _compiled_once(monkeypatch):
     """The project's XLA programs kept in the cache the test session uses (tests/conftest.py):
-    the subprocesses compile once per machine, not per run."""
+    the subprocesses compile once per machine, not per run. The outer session's report
+    options and job summary are not the project's."""
     from handgrad_cli.main import cache_dir
 
+    # this session's own report options (.ci/run's PYTEST_ADDOPTS) and job summary stay out
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     if cache_dir():
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache_dir()))
         monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -108,7 +112,7 @@ def _serial(project, monkeypatch):
     """The project run serially with the flag and $GITHUB_STEP_SUMMARY: (report, md, summary)."""
     summary = project.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    _run(project, "--gradcheck-report", "out").assert_outcomes(passed=5, failed=2)
+    _run(project, "--gradcheck-report=out").assert_outcomes(passed=5, failed=2)
     report = _strict((project.path / "out" / "gradcheck.json").read_text())
     return report, (project.path / "out" / "gradcheck.md").read_text(), summary
 
