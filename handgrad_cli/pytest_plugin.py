@@ -9,6 +9,7 @@ nothing and imports no jax (loaded by the `pytest11` entry point). See jax_ref.s
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -44,7 +45,24 @@ def pytest_configure(config):
         out = Path(target)
         if not out.is_absolute():
             out = Path(config.invocation_params.dir) / out
+        if _read_as_a_path(config, target, out):
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    f"pytest took {target} for a test path when it looked for its rootdir and "
+                    f"ini file (before handgrad's plugin was loaded): write "
+                    f"--gradcheck-report={target}"
+                ),
+                stacklevel=2,
+            )
         config.pluginmanager.register(Recorder(config, out), "handgrad-gradcheck-recorder")
+
+
+def _read_as_a_path(config, target: str, out: Path) -> bool:
+    """Whether `--gradcheck-report DIR` came as two words with DIR an existing directory:
+    pytest then took DIR for a test path when it chose its rootdir and ini file."""
+    args = list(config.invocation_params.args)
+    pairs = itertools.pairwise(args)
+    return out.is_dir() and any(a == "--gradcheck-report" and b == target for a, b in pairs)
 
 
 class Recorder:
@@ -138,9 +156,13 @@ class Recorder:
     def pytest_sessionfinish(self, session, exitstatus):
         self._listening.__exit__(None, None, None)
         if hasattr(self.config, "workeroutput"):  # an xdist worker: to the controller
-            part = {"reduced": self.reduced, "outside": self.outside}
+            part = {"reduced": self.reduced, "outside": self.outside}  # merged by the controller
             self.config.workeroutput[_WORKER_KEY] = json.dumps(part)
             return
+        if self.outside:  # checks made at import or collection time, in no test
+            from jax_ref.session import summarize_test
+
+            self.reduced.append(summarize_test(_OUTSIDE, self.outside, "outside a test"))
         self.written = write_session(self.reduced, self.outside, self.out)
 
     def pytest_terminal_summary(self, terminalreporter):

@@ -22,7 +22,7 @@ import numpy as np
 
 from jax_ref.tolerances import overridden, override_from
 from jax_ref.trees import error_text
-from jax_ref.verdict import CheckResult, assert_verdict, watch
+from jax_ref.verdict import CheckResult, assert_verdict, unwatch, watch
 
 __all__ = ["case_of", "listening", "run_check", "subject_of"]
 
@@ -37,6 +37,8 @@ def listening(listener: Callable[[dict], None]):
         yield listener
     finally:
         _LISTENERS.remove(listener)
+        if not _LISTENERS:
+            unwatch()  # nobody left to tell whether results were read
 
 
 def subject_of(*fns) -> str:
