@@ -382,6 +382,25 @@ def stop_workers(pool) -> None:
     pool.shutdown(wait=True)
 
 
+def _failure_words(c: dict) -> str:
+    """A failed row in one line: leaf, oracle, error against tolerance, worst place, both
+    values, why."""
+    where = list(c.get("worst_index") or [])
+    values = ""
+    if c["oracle"] != "structure":
+        values = (
+            f"; worst at {c.get('index_kind', 'element')} {where}: hand {c['got']!r}, "
+            f"{c['oracle']} {c['want']!r}"
+        )
+    return (
+        f"{c['parameter']} [{c['oracle']}] rel err {c['max_rel_err']:.3g} vs tolerance "
+        f"{c['tolerance']:.3g}"
+        + (f" ({c['tolerance_set']})" if c.get("tolerance_set") else "")
+        + values
+        + (f" ({c['note']})" if c["note"] else "")
+    )
+
+
 def _print_check_table(report: dict) -> None:
     from jax_ref.report import group_by
 
@@ -398,7 +417,11 @@ def _print_check_table(report: dict) -> None:
         )
         failed = sum(c["status"] == "failed" for c in g)
         unsure = sum(c["status"] == "inconclusive" for c in g)
-        print(f"{f:26s} {o:18s} {d:8s} {len(g):6d} {failed:6d} {unsure:8d} {worst:13.2e}")
+        loose = sorted({c["tolerance_set"] for c in g if c.get("tolerance_set")})
+        print(
+            f"{f:26s} {o:18s} {d:8s} {len(g):6d} {failed:6d} {unsure:8d} {worst:13.2e}"
+            + (f"  (tolerance {'; '.join(loose)})" if loose else "")
+        )
     counts = report["counts"]
     print(
         f"checks: {counts['passed']} passed, {counts['failed']} failed, "
@@ -414,7 +437,7 @@ def _print_check_table(report: dict) -> None:
             "the rounding of their scale (gradcheck.md says which)"
         )
     for c in [c for c in report["checks"] if c["status"] == "failed"][:20]:
-        print(f"  FAILED {c['function']}: {c['parameter']} [{c['oracle']}]: {c['note']}")
+        print(f"  FAILED {c['function']}: {_failure_words(c)}")
     bad = [e for e in report["ledger"] if not e["passed"]]
     if not report["ledger"]:
         return
