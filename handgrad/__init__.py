@@ -12,6 +12,7 @@ from handgrad.attn import (
     flash_attention_backward,
     softmax_backward,
 )
+from handgrad.linear_ce import linear_cross_entropy
 from handgrad.mlp import Params, init_params, mlp_forward, mlp_grads, mlp_loss
 from handgrad.sigmoid_bce import binary_cross_entropy, binary_cross_entropy_grad, sigmoid
 from handgrad.softmax_ce import (
@@ -35,6 +36,7 @@ __all__ = [
     "flash_attention",
     "flash_attention_backward",
     "init_params",
+    "linear_cross_entropy",
     "mlp_forward",
     "mlp_grads",
     "mlp_loss",

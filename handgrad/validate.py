@@ -20,6 +20,7 @@ __all__ = [
     "check_logits",
     "check_mlp",
     "check_reg",
+    "check_same_dtype",
     "float_array",
     "is_concrete",
     "label_mask",
@@ -70,7 +71,7 @@ def float_array(x, name: str, letters: str, ndim: int):
     return x
 
 
-def _same_dtype(name: str, x, ref_name: str, ref) -> None:
+def check_same_dtype(name: str, x, ref_name: str, ref) -> None:
     if x.dtype != ref.dtype:
         raise ValueError(
             f"{name} must have the dtype of {ref_name} ({ref.dtype}); got {x.dtype}"
@@ -88,8 +89,8 @@ def check_logits(z):
     return z
 
 
-def check_labels(y, N: int, C: int, *, against: str):
-    """y: (N,) integer labels in [0, C) (the range is checked when concrete)."""
+def check_labels(y, N: int, C: int, *, against: str, ignore: int | None = None):
+    """y: (N,) integer labels in [0, C), or `ignore` (the range is checked when concrete)."""
     y = as_array(y, "y", "(N,)")
     if y.dtype == jnp.bool_ or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"y must hold integer class labels (N,); got dtype {y.dtype}")
@@ -97,7 +98,7 @@ def check_labels(y, N: int, C: int, *, against: str):
         raise ValueError(f"y must be (N,) = ({N},) to match {against}; got {y.shape}")
     if is_concrete(y):
         yv = np.asarray(y)
-        bad = (yv < 0) | (yv >= C)
+        bad = ((yv < 0) | (yv >= C)) & (yv != ignore if ignore is not None else True)
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"y must hold labels in [0, C) = [0, {C}); got y[{i}] = {int(yv[i])}")
@@ -148,7 +149,7 @@ def check_mlp(params, X):
             f"b2 must be (C,) = ({C},) to match W2 {_fmt('(H, C)', W2.shape)}; got {b2.shape}"
         )
     for name, p in (("W1", W1), ("b1", b1), ("W2", W2), ("b2", b2)):
-        _same_dtype(name, p, "X", X)
+        check_same_dtype(name, p, "X", X)
     return (W1, b1, W2, b2), X
 
 
