@@ -83,15 +83,14 @@ def _penalty(params: AttnParams, reg):
     return reg * sum((W**2).sum() for W in (params.Wq, params.Wk, params.Wv, params.W1, params.W2))
 
 
-def attention_classifier_grads(params: AttnParams, X, y, reg=0.0):
+def attention_classifier_grads(params: AttnParams, X, y, reg=0.0, *, head: str = "softmax"):
     """(L, AttnParams of ∂L/∂θ): the head's backward (handgrad.mlp), then attention's
     (dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = dS·K/√F, dK = dSᵀ·Q/√F),
-    then the projections' dW = Σ_n X_tᵀ·dQ (F, F), and 2 reg W for every weight."""
+    then the projections' dW = Σ_n X_tᵀ·dQ (F, F), and 2 reg W for every weight.
+    `head="fused"`: the output layer by `handgrad.linear_cross_entropy`'s rule."""
     mp, ap = mlp.PIECES, attn.PIECES
     z2, (Xt, Q, K, V, P, (cache1, z1, cache2)) = _forward(params, X)
-    ce, cache_ce = mp.head_forward(z2, y, v.label_mask(y, z2.shape[1]))
-    dz2 = mp.head_backward(cache_ce)  # (N, C)
-    da1, dW2, db2 = mp.affine_backward(dz2, cache2)  # (N, H), (H, C), (C,)
+    ce, da1, dW2, db2 = mlp.head_grads(mp, head, z2, cache2, params.b2, y)
     dz1 = mp.relu_backward(da1, z1)  # (N, H)
     dh, dW1, db1 = mp.affine_backward(dz1, cache1)  # (N, T·F), (T·F, H), (H,)
     dO = dh.reshape(Q.shape)  # (N, T, F): the residual passes dh to O unchanged

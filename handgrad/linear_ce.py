@@ -26,6 +26,7 @@ __all__ = [
     "block_grad",
     "block_logits",
     "linear_cross_entropy",
+    "linear_cross_entropy_grads",
     "online_lse",
     "target_logit",
     "token_loss",
@@ -76,10 +77,9 @@ def token_loss(lse, s_y, s_sum, V, eps, alpha):
     return lse - (1 - eps) * s_y - (eps / V) * s_sum + alpha * lse**2
 
 
-def block_grad(s, lse, y, cols, V, eps, alpha, cap, weight):
+def block_grad(a, s, lse, y, cols, V, eps, alpha, cap, weight):
     """∂L/∂z for one block: (a·(1 + 2α·lse) − (1 − ε)·onehot − ε/V) ⊙ (1 − (s/c)²) ⊙ w_i
     (B_n, B_v), a = e^{s − lse}; w_i the token's weight (m_i ḡ / N_valid for the mean)."""
-    a = jnp.exp(s - lse[:, None])
     onehot = (cols[None, :] == y[:, None]).astype(s.dtype)
     g = a * (1 + 2 * alpha * lse)[:, None] - (1 - eps) * onehot - eps / V
     if cap is not None:
@@ -209,7 +209,8 @@ def _backward(X, W, b, y, lse, weight, o: Options):
             start, fresh, W_b, b_b = _col_block(W, b, k, Bv)
             s = block_logits(X_n, W_b, b_b, cap)
             cols = start + jnp.arange(Bv)
-            G = block_grad(s, lse_n, y_n, cols, V, eps, alpha, cap, w_n)
+            a = jnp.exp(s - lse_n[:, None])  # the block's probabilities, from the saved lse
+            G = block_grad(a, s, lse_n, y_n, cols, V, eps, alpha, cap, w_n)
             G = jnp.where(fresh[None, :], G, 0.0)
             # G·W_bᵀ (B_n, H) and X_nᵀ·G (H, B_v), contracted in place: no transposed copy
             dX_n = dX_n + lax.dot_general(G, W_b.astype(acc), (((1,), (1,)), ((), ())), _HI)
@@ -254,13 +255,15 @@ def _one_pass(X, W, b, y, o: Options):
         w_n = jnp.where(fresh, lax.dynamic_slice_in_dim(weight, start, Bn), 0.0)
         s = block_logits(X_n, W, b, o.soft_cap)
         m = s.max(axis=1)
-        lse = m + jnp.log(jnp.exp(s - m[:, None]).sum(axis=1))
+        e = jnp.exp(s - m[:, None])  # once: it gives both lse and the probabilities
+        l = e.sum(axis=1)
+        lse, a = m + jnp.log(l), e / l[:, None]
         s_sum = s.sum(axis=1) if o.label_smoothing > 0 else jnp.zeros_like(lse)
         s_y = target_logit(X_n, y_n, W, b, o.soft_cap)
         L_n = token_loss(lse, s_y, s_sum, V, o.label_smoothing, o.z_loss)
         old = lax.dynamic_slice_in_dim(losses, start, Bn)
         losses = lax.dynamic_update_slice_in_dim(losses, jnp.where(fresh, L_n, old), start, 0)
-        G = block_grad(s, lse, y_n, cols, V, o.label_smoothing, o.z_loss, o.soft_cap, w_n)
+        G = block_grad(a, s, lse, y_n, cols, V, o.label_smoothing, o.z_loss, o.soft_cap, w_n)
         dX_n = lax.dot_general(G, W.astype(acc), (((1,), (1,)), ((), ())), _HI)
         old = lax.dynamic_slice_in_dim(dX, start, Bn, axis=0)
         dX = lax.dynamic_update_slice_in_dim(dX, jnp.where(fresh[:, None], dX_n, old), start, 0)
@@ -325,6 +328,48 @@ def _options(ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v
     )
 
 
+def _checked(X, W, y, b, o: Options):
+    """(X, W, b, y) validated, b zeros when None; a ValueError naming what is wrong."""
+    X = v.float_array(X, "X", "(N, H)", 2)
+    W = v.float_array(W, "W", "(H, V)", 2)
+    N, H = X.shape
+    if N == 0 or H == 0 or W.shape[1] == 0:
+        raise ValueError(f"X (N, H) and W (H, V) must be non-empty; got {X.shape}, {W.shape}")
+    if W.shape[0] != H:
+        raise ValueError(f"W must be (H, V) with H = {H} to match X (N, H); got {W.shape}")
+    v.check_same_dtype("W", W, "X", X)
+    V = W.shape[1]
+    b = jnp.zeros(V, X.dtype) if b is None else v.float_array(b, "b", "(V,)", 1)
+    if b.shape != (V,):
+        raise ValueError(f"b must be (V,) = ({V},) to match W (H, V); got {b.shape}")
+    v.check_same_dtype("b", b, "X", X)
+    return X, W, b, v.check_labels(y, N, V, against="X (N, H)", ignore=o.ignore_index)
+
+
+def linear_cross_entropy_grads(X, W, y, b=None, **options):
+    """(L, (dX, dW, db)) by the rule's own forward and backward, no autodiff: for a hand
+    backward that continues below this layer (an MLP's head). Options and reduction
+    ("mean" or "sum") as `linear_cross_entropy`."""
+    o = _options(**{**_DEFAULTS, **options})
+    if o.reduction == "none":
+        raise ValueError("linear_cross_entropy_grads: reduction must be 'mean' or 'sum'")
+    X, W, b, y = _checked(X, W, y, b, o)
+    loss, res = _fused_fwd(X, W, b, y, o)
+    dX, dW, db, _ = _fused_bwd(o, res, jnp.ones((), loss.dtype))
+    return loss, (dX, dW, db)
+
+
+_DEFAULTS = dict(
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    soft_cap=None,
+    reduction="mean",
+    block_v=None,
+    block_n=None,
+)
+
+
 def linear_cross_entropy(
     X,
     W,
@@ -344,18 +389,4 @@ def linear_cross_entropy(
     "none". X (N, H), W (H, V), y (N,) integers, b (V,) or None. A label out of [0, V)
     raises when concrete and gives NaN under jit. No N×V array is ever stored."""
     o = _options(ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v, block_n)
-    X = v.float_array(X, "X", "(N, H)", 2)
-    W = v.float_array(W, "W", "(H, V)", 2)
-    N, H = X.shape
-    if N == 0 or H == 0 or W.shape[1] == 0:
-        raise ValueError(f"X (N, H) and W (H, V) must be non-empty; got {X.shape}, {W.shape}")
-    if W.shape[0] != H:
-        raise ValueError(f"W must be (H, V) with H = {H} to match X (N, H); got {W.shape}")
-    v.check_same_dtype("W", W, "X", X)
-    V = W.shape[1]
-    b = jnp.zeros(V, X.dtype) if b is None else v.float_array(b, "b", "(V,)", 1)
-    if b.shape != (V,):
-        raise ValueError(f"b must be (V,) = ({V},) to match W (H, V); got {b.shape}")
-    v.check_same_dtype("b", b, "X", X)
-    y = v.check_labels(y, N, V, against="X (N, H)", ignore=o.ignore_index)
-    return _fused(X, W, b, y, o)
+    return _fused(*_checked(X, W, y, b, o), o)

@@ -168,12 +168,27 @@ def _loss(p: Pieces, params, X, y, reg):
     return ce + p.penalty_forward(params, reg)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _grads(p: Pieces, params, X, y, reg):
-    z2, (cache1, z1, cache2) = forward_with_caches(p, params, X)
+HEADS = ("softmax", "fused")
+
+
+def head_grads(p: Pieces, head: str, z2, cache2, b2, y):
+    """(CE, da1, dW2, db2): the output layer and its loss, by the softmax head's pieces
+    (z2 = a1·W2 + b2, then softmax cross-entropy), or by `handgrad.linear_cross_entropy`'s
+    hand rule on (a1, W2, b2), z2 never used ("fused")."""
+    if head == "fused":
+        from handgrad.linear_ce import linear_cross_entropy_grads
+
+        ce, (da1, dW2, db2) = linear_cross_entropy_grads(cache2.X, cache2.W, y, b2)
+        return ce, da1, dW2, db2
     ce, cache_ce = p.head_forward(z2, y, v.label_mask(y, z2.shape[1]))
     dz2 = p.head_backward(cache_ce)  # (N, C)
-    da1, dW2, db2 = p.affine_backward(dz2, cache2)  # (N, H), (H, C), (C,)
+    return (ce, *p.affine_backward(dz2, cache2))  # (N, H), (H, C), (C,)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _grads(p: Pieces, params, X, y, reg, head="softmax"):
+    z2, (cache1, z1, cache2) = forward_with_caches(p, params, X)
+    ce, da1, dW2, db2 = head_grads(p, head, z2, cache2, params.b2, y)
     dz1 = p.relu_backward(da1, z1)  # (N, H)
     _, dW1, db1 = p.affine_backward(dz1, cache1)  # (D, H), (H,)
     dR = p.penalty_backward(params, reg)
@@ -192,7 +207,7 @@ def mlp_loss(params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES) -> jax.A
 
 
 def mlp_grads(
-    params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES
+    params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES, head: str = "softmax"
 ) -> tuple[jax.Array, Params]:
     """(L, Params(dW1, db1, dW2, db2)) by the derivation's equations:
 
@@ -203,8 +218,11 @@ def mlp_grads(
     dz1 = da1 ⊙ 1[z1 > 0]              (N, H)
     dW1 = Xᵀ·dz1 + 2 reg W1            (D, H) = (D, N)·(N, H)
     db1 = sum(dz1, axis=0)             (H,)
-    """
-    return _grads(pieces, *_checked(params, X, y, reg))
+
+    `head="fused"`: the first four lines by `handgrad.linear_cross_entropy`'s rule."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}; got {head!r}")
+    return _grads(pieces, *_checked(params, X, y, reg), head)
 
 
 # --- the backward pass, line by line ------------------------------------------------

@@ -12,6 +12,7 @@ prove it trains as autodiff does, in the way that survives chaotic dynamics:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -98,6 +99,14 @@ def _add_run_options(t) -> None:
         help="train on the hand gradients, autodiff's, or both and compare them (default both)",
     )
     t.add_argument(
+        "--head",
+        choices=["softmax", "fused"],
+        default="softmax",
+        help="the hand gradient's output layer: softmax (z2 = a1·W2 + b2, then the seed's "
+        "softmax cross-entropy) or fused (handgrad.linear_cross_entropy's streaming rule); "
+        "default softmax",
+    )
+    t.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="(default float32)"
     )
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -107,7 +116,7 @@ def _add_run_options(t) -> None:
     t.add_argument(
         "--out",
         help="report directory (default reports/<dataset>/, reports/<dataset>_float64/ "
-        "with --dtype float64)",
+        "with --dtype float64, reports/<dataset>_fused/ with --head fused)",
     )
     t.add_argument(
         "--json",
@@ -149,6 +158,7 @@ def _out_dir(args) -> str:
     suffix = ("_attention" if args.model == "attention" else "") + (
         "_float64" if args.dtype == "float64" else ""
     )
+    suffix += "_fused" if args.head == "fused" else ""
     return args.out or f"reports/{_dataset_name(args.dataset)}{suffix}"
 
 
@@ -243,6 +253,7 @@ def _config(hp, args, X, X_test, C) -> dict:
         "seed": args.seed,
         "grad": args.gradients,
         "model": args.model,
+        "head": args.head,
         "tokens": args.tokens if args.model == "attention" else None,
         "N": int(X.shape[0]),
         "D": int(X.shape[1]),
@@ -307,6 +318,8 @@ def train_report(ds, hp: dict, args) -> dict:
     )
     init_key, data_key = jax.random.split(jax.random.PRNGKey(args.seed))
     model, params, autodiff_grads = _model(args, ds.name, X, C, hp["hidden"], dtype, init_key)
+    if args.head == "fused":  # the hand gradient through linear_cross_entropy's rule
+        model = model._replace(grads=functools.partial(model.grads, head="fused"))
     common = dict(X_test=X_test, y_test=ds.y_test, devices=args.devices, model=model)
 
     def run_one(label, grad_fn, p0, **kw):
@@ -490,6 +503,15 @@ def _jump_note(diff: list[float], step_gap: float) -> str:
 
 
 def _model_line(cfg: dict) -> str:
+    return _body_line(cfg) + (
+        "; the hand gradient's output layer by handgrad.linear_cross_entropy's streaming rule"
+        " (--head fused)"
+        if cfg.get("head") == "fused"
+        else ""
+    )
+
+
+def _body_line(cfg: dict) -> str:
     if cfg.get("model") == "attention":
         T = cfg["tokens"]
         return (

@@ -126,24 +126,40 @@ def test_bad_input_is_named_and_nan_under_jit():
 # --- mistakes the checks must catch ------------------------------------------------------
 
 
-def _forgot_cap_derivative(s, lse, y, cols, V, eps, alpha, cap, weight):
-    return linear_ce_block_grad(s, lse, y, cols, V, eps, alpha, None, weight)
+def _forgot_cap_derivative(a, s, lse, y, cols, V, eps, alpha, cap, weight):
+    return linear_ce_block_grad(a, s, lse, y, cols, V, eps, alpha, None, weight)
 
 
-def _z_loss_without_2(s, lse, y, cols, V, eps, alpha, cap, weight):
-    return linear_ce_block_grad(s, lse, y, cols, V, eps, alpha / 2, cap, weight)
+def _z_loss_without_2(a, s, lse, y, cols, V, eps, alpha, cap, weight):
+    return linear_ce_block_grad(a, s, lse, y, cols, V, eps, alpha / 2, cap, weight)
 
 
-def _onehot_shifted(s, lse, y, cols, V, eps, alpha, cap, weight):
-    return linear_ce_block_grad(s, lse, y + 1, cols, V, eps, alpha, cap, weight)
+def _onehot_shifted(a, s, lse, y, cols, V, eps, alpha, cap, weight):
+    return linear_ce_block_grad(a, s, lse, y + 1, cols, V, eps, alpha, cap, weight)
+
+
+def _onehot_in_block_indices(a, s, lse, y, cols, V, eps, alpha, cap, weight):
+    """The label compared with the block's own column index (0..B_v-1), not the global
+    one: right in the first block only."""
+    return linear_ce_block_grad(a, s, lse, y, cols - cols[0], V, eps, alpha, cap, weight)
+
+
+def _no_rescale(m, l, s, fresh):
+    """The running sum not rescaled when the max grows: lse saved before the rescale."""
+    s = jnp.where(fresh, s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=1))
+    return m_new, l + jnp.exp(s - m_new[:, None]).sum(axis=1)
 
 
 linear_ce_block_grad = linear_ce.block_grad
+STREAMED_ONLY = {"one-hot shifted by one block", "log-sum-exp not rescaled (saved before)"}
 
 MUTANTS = {
     "soft-cap derivative dropped": ("block_grad", _forgot_cap_derivative),
     "z-loss missing its factor 2": ("block_grad", _z_loss_without_2),
     "one-hot shifted by one": ("block_grad", _onehot_shifted),
+    "one-hot shifted by one block": ("block_grad", _onehot_in_block_indices),
+    "log-sum-exp not rescaled (saved before)": ("online_lse", _no_rescale),
     "forgot 1/N_valid": (
         "token_weights",
         lambda y, V, o, dtype: (y != o.ignore_index).astype(dtype),
@@ -169,7 +185,9 @@ def test_each_mistake_fails_the_rule_check(mistake, monkeypatch):
     monkeypatch.setattr(linear_ce, name, wrong)
     X, W, b, y = _inputs()
     y = y.at[1].set(-100)
-    for blocks in BLOCKS.values():
+    for name_b, blocks in BLOCKS.items():
+        if mistake in STREAMED_ONLY and name_b == "one pass":
+            continue  # the piece is the streamed path's: one pass never calls it
         fused, ref = _pair(y, OPTIONS["every option"], blocks)
         results = jax_ref.check_vjp(fused, X, W, b, reference=ref, contracts=())
         assert jax_ref.verdict(results).failed, (mistake, blocks)

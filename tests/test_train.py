@@ -273,3 +273,45 @@ def test_attention_model_trains_digits_to_95_percent(tmp_path):
     report = json.loads((tmp_path / "training.json").read_text())
     assert report["runs"]["hand"]["test_accuracy"] >= 0.95
     assert report["agreement"]["passed"] and report["max_step_grad_diff"] <= 1e-4
+
+
+def test_the_fused_head_trains_as_the_softmax_head_does():
+    """--head fused: the MLP and the attention model trained through
+    handgrad.linear_cross_entropy's rule follow the softmax head's trajectory within
+    rounding (float64, every step's parameters), and the fused head's whole gradient
+    passes both oracles against autodiff of jax_ref's loss."""
+    import functools
+
+    from handgrad.attn_model import attention_classifier_grads, init_attention_params
+    from handgrad.train import ATTENTION
+    from jax_ref.derivations.attn import attention_classifier_loss
+
+    plain = _fit(np.float64, cfg=dict(epochs=5))
+    fused = _fit(
+        np.float64, cfg=dict(epochs=5), grad_fn=functools.partial(hg.mlp_grads, head="fused")
+    )
+    for p, q in zip(plain.params, fused.params):
+        np.testing.assert_allclose(q, p, rtol=1e-9, atol=1e-12)
+    assert abs(plain.loss[-1] - fused.loss[-1]) <= 1e-12 * abs(plain.loss[-1])
+
+    params = init_attention_params(jax.random.PRNGKey(0), 4, 3, 5, 3, dtype=np.float64)
+    X = np.random.default_rng(0).standard_normal((6, 12))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    cfg = TrainConfig(epochs=3, batch_size=3, lr=0.1, momentum=0.9, reg=1e-3)
+    runs = [
+        fit(params, X, y, cfg, jax.random.PRNGKey(1), model=ATTENTION, grad_fn=g)
+        for g in (None, functools.partial(attention_classifier_grads, head="fused"))
+    ]
+    for p, q in zip(runs[0].params, runs[1].params):
+        np.testing.assert_allclose(q, p, rtol=1e-9, atol=1e-12)
+    jax_ref.assert_gradients(
+        attention_classifier_loss,
+        functools.partial(attention_classifier_grads, head="fused"),
+        params,
+        X,
+        y,
+        1e-3,
+        returns_loss=True,
+    )
+    with pytest.raises(ValueError, match="head must be one of"):
+        hg.mlp_grads(plain.params, DS.X, DS.y, head="linear")
