@@ -50,9 +50,11 @@ def _optax(X, W, y):
 
 
 def _tokamax(X, W, y):  # tokamax's XLA implementation: it materializes the logits
-    import tokamax
+    import tokamax  # its signature: (x (B, H), labels (B,), weights (H, V), *, reduction, ...)
 
-    return tokamax.linear_softmax_cross_entropy_loss(X, y, W, implementation="xla")
+    return tokamax.linear_softmax_cross_entropy_loss(
+        X, y, W, reduction="mean", implementation="xla"
+    )
 
 
 def losses() -> dict:

@@ -209,7 +209,7 @@ def mlp_loss(params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES) -> jax.A
 def mlp_grads(
     params: Params, X, y, reg=0.0, *, pieces: Pieces = PIECES, head: str = "softmax"
 ) -> tuple[jax.Array, Params]:
-    """(L, Params(dW1, db1, dW2, db2)) by the derivation's equations:
+    """(L, Params(dW1, db1, dW2, db2)); head="fused": the first four by linear_ce's rule.
 
     dz2 = (a2 - 1[k = y_i]) / N        (N, C)
     dW2 = a1ᵀ·dz2 + 2 reg W2           (H, C) = (H, N)·(N, C)
@@ -217,9 +217,7 @@ def mlp_grads(
     da1 = dz2·W2ᵀ                      (N, H) = (N, C)·(C, H)
     dz1 = da1 ⊙ 1[z1 > 0]              (N, H)
     dW1 = Xᵀ·dz1 + 2 reg W1            (D, H) = (D, N)·(N, H)
-    db1 = sum(dz1, axis=0)             (H,)
-
-    `head="fused"`: the first four lines by `handgrad.linear_cross_entropy`'s rule."""
+    db1 = sum(dz1, axis=0)             (H,)"""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}; got {head!r}")
     return _grads(pieces, *_checked(params, X, y, reg), head)
