@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from handgrad import validate as v
+from handgrad.ledger import Step
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "CHAINS",
+    "LEDGER_OPTIONS",
+    "PIECES",
     "Options",
+    "Pieces",
     "block_grad",
     "block_logits",
     "linear_cross_entropy",
@@ -30,6 +36,7 @@ __all__ = [
     "online_lse",
     "target_logit",
     "token_loss",
+    "token_weights",
 ]
 
 # A block of logits holds at most 2^21 entries (8 MiB in float32): small against the
@@ -48,6 +55,7 @@ class Options(NamedTuple):
     reduction: str = "mean"
     block_v: int = 0
     block_n: int = 0
+    pieces: Any = None  # a Pieces with some swapped (a mutant), or None: PIECES
 
 
 # --- the pieces --------------------------------------------------------------------------
@@ -137,8 +145,8 @@ def _row_stats(X_n, y_n, W, b, o: Options, Bv):
     def body(k, carry):
         m, l, s_sum = carry
         _, fresh, W_b, b_b = _col_block(W, b, k, Bv)
-        s = block_logits(X_n, W_b, b_b, o.soft_cap)
-        m, l = online_lse(m, l, s, fresh[None, :])
+        s = _p(o).block_logits(X_n, W_b, b_b, o.soft_cap)
+        m, l = _p(o).online_lse(m, l, s, fresh[None, :])
         if smoothing:
             s_sum = s_sum + jnp.where(fresh[None, :], s, 0).sum(1)
         return m, l, s_sum
@@ -146,7 +154,7 @@ def _row_stats(X_n, y_n, W, b, o: Options, Bv):
     acc = jnp.promote_types(X_n.dtype, jnp.float32)
     zero = jnp.zeros(X_n.shape[0], acc)
     m, l, s_sum = lax.fori_loop(0, -(-V // Bv), body, (jnp.full_like(zero, -jnp.inf), zero, zero))
-    s_y = target_logit(X_n, y_n, W, b, o.soft_cap)
+    s_y = _p(o).target_logit(X_n, y_n, W, b, o.soft_cap)
     return m + jnp.log(l), s_y, s_sum  # lse kept as max + log-sum: never log of a sum of e^z
 
 
@@ -160,7 +168,7 @@ def _forward(X, W, b, y, o: Options):
         lse, losses = carry
         start, fresh, X_n, y_n = _row_block(X, y, t, Bn)
         lse_n, s_y, s_sum = _row_stats(X_n, y_n, W, b, o, Bv)
-        L_n = token_loss(lse_n, s_y, s_sum, V, o.label_smoothing, o.z_loss)
+        L_n = _p(o).token_loss(lse_n, s_y, s_sum, V, o.label_smoothing, o.z_loss)
         keep = lambda new, old: jnp.where(fresh, new, old)  # noqa: E731
         old = lax.dynamic_slice_in_dim(lse, start, Bn), lax.dynamic_slice_in_dim(losses, start, Bn)
         lse = lax.dynamic_update_slice_in_dim(lse, keep(lse_n, old[0]), start, 0)
@@ -169,7 +177,7 @@ def _forward(X, W, b, y, o: Options):
 
     zero = jnp.zeros(N, acc)
     lse, losses = lax.fori_loop(0, -(-N // Bn), body, (zero, zero))
-    weight = token_weights(y, V, o, acc)
+    weight = _p(o).token_weights(y, V, o, acc)
     return _reduce(losses, weight, o).astype(X.dtype), (lse, weight)
 
 
@@ -207,10 +215,10 @@ def _backward(X, W, b, y, lse, weight, o: Options):
         def vocab_block(k, inner):
             dX_n, dW, db = inner
             start, fresh, W_b, b_b = _col_block(W, b, k, Bv)
-            s = block_logits(X_n, W_b, b_b, cap)
+            s = _p(o).block_logits(X_n, W_b, b_b, cap)
             cols = start + jnp.arange(Bv)
             a = jnp.exp(s - lse_n[:, None])  # the block's probabilities, from the saved lse
-            G = block_grad(a, s, lse_n, y_n, cols, V, eps, alpha, cap, w_n)
+            G = _p(o).block_grad(a, s, lse_n, y_n, cols, V, eps, alpha, cap, w_n)
             G = jnp.where(fresh[None, :], G, 0.0)
             # G·W_bᵀ (B_n, H) and X_nᵀ·G (H, B_v), contracted in place: no transposed copy
             dX_n = dX_n + lax.dot_general(G, W_b.astype(acc), (((1,), (1,)), ((), ())), _HI)
@@ -231,6 +239,24 @@ def _backward(X, W, b, y, lse, weight, o: Options):
     return lax.fori_loop(0, -(-N // Bn), token_block, init)
 
 
+class Pieces(NamedTuple):
+    """The swappable pieces (`pieces=PIECES._replace(...)` runs a variant: the mutants)."""
+
+    block_logits: Callable
+    online_lse: Callable
+    token_loss: Callable
+    target_logit: Callable
+    block_grad: Callable
+    token_weights: Callable
+
+
+PIECES = Pieces(block_logits, online_lse, token_loss, target_logit, block_grad, token_weights)
+
+
+def _p(o: Options) -> Pieces:
+    return PIECES if o.pieces is None else o.pieces
+
+
 # --- the rule ------------------------------------------------------------------------------
 
 
@@ -246,24 +272,24 @@ def _one_pass(X, W, b, y, o: Options):
     (N, H), V = X.shape, W.shape[1]
     Bn, _ = _blocks(N, V, o)
     acc = jnp.promote_types(X.dtype, jnp.float32)
-    weight = token_weights(y, V, o, acc)
+    weight = _p(o).token_weights(y, V, o, acc)
     cols = jnp.arange(V)
 
     def body(t, carry):
         losses, dX, dW, db = carry
         start, fresh, X_n, y_n = _row_block(X, y, t, Bn)
         w_n = jnp.where(fresh, lax.dynamic_slice_in_dim(weight, start, Bn), 0.0)
-        s = block_logits(X_n, W, b, o.soft_cap)
+        s = _p(o).block_logits(X_n, W, b, o.soft_cap)
         m = s.max(axis=1)
         e = jnp.exp(s - m[:, None])  # once: it gives both lse and the probabilities
         l = e.sum(axis=1)
         lse, a = m + jnp.log(l), e / l[:, None]
         s_sum = s.sum(axis=1) if o.label_smoothing > 0 else jnp.zeros_like(lse)
-        s_y = target_logit(X_n, y_n, W, b, o.soft_cap)
-        L_n = token_loss(lse, s_y, s_sum, V, o.label_smoothing, o.z_loss)
+        s_y = _p(o).target_logit(X_n, y_n, W, b, o.soft_cap)
+        L_n = _p(o).token_loss(lse, s_y, s_sum, V, o.label_smoothing, o.z_loss)
         old = lax.dynamic_slice_in_dim(losses, start, Bn)
         losses = lax.dynamic_update_slice_in_dim(losses, jnp.where(fresh, L_n, old), start, 0)
-        G = block_grad(a, s, lse, y_n, cols, V, o.label_smoothing, o.z_loss, o.soft_cap, w_n)
+        G = _p(o).block_grad(a, s, lse, y_n, cols, V, o.label_smoothing, o.z_loss, o.soft_cap, w_n)
         dX_n = lax.dot_general(G, W.astype(acc), (((1,), (1,)), ((), ())), _HI)
         old = lax.dynamic_slice_in_dim(dX, start, Bn, axis=0)
         dX = lax.dynamic_update_slice_in_dim(dX, jnp.where(fresh[:, None], dX_n, old), start, 0)
@@ -304,7 +330,9 @@ def _fused_bwd(o: Options, res, g):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _options(ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v, block_n):
+def _options(
+    ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v, block_n, pieces=None
+):
     """The options as `Options`, or a ValueError naming the one that is wrong."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
@@ -325,6 +353,7 @@ def _options(ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v
         reduction,
         block_v or 0,
         block_n or 0,
+        pieces,
     )
 
 
@@ -343,7 +372,8 @@ def _checked(X, W, y, b, o: Options):
     if b.shape != (V,):
         raise ValueError(f"b must be (V,) = ({V},) to match W (H, V); got {b.shape}")
     v.check_same_dtype("b", b, "X", X)
-    return X, W, b, v.check_labels(y, N, V, against="X (N, H)", ignore=o.ignore_index)
+    y = v.check_labels(y, N, V, against="X (N, H)", ignore=o.ignore_index)
+    return tuple(jnp.asarray(a) for a in (X, W, b, y))  # on the device: traced inside loops
 
 
 def linear_cross_entropy_grads(X, W, y, b=None, **options):
@@ -367,6 +397,7 @@ _DEFAULTS = dict(
     reduction="mean",
     block_v=None,
     block_n=None,
+    pieces=None,
 )
 
 
@@ -383,10 +414,58 @@ def linear_cross_entropy(
     reduction: str = "mean",
     block_v: int | None = None,
     block_n: int | None = None,
+    pieces: Pieces | None = None,
 ):
     """The cross-entropy of softmax(X·W + b) against labels y, its rule derived by hand:
     () for "mean" (over labels not `ignore_index`; 0 when all are) and "sum", (N,) for
     "none". X (N, H), W (H, V), y (N,) integers, b (V,) or None. A label out of [0, V)
     raises when concrete and gives NaN under jit. No N×V array is ever stored."""
-    o = _options(ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v, block_n)
+    o = _options(
+        ignore_index, label_smoothing, z_loss, soft_cap, reduction, block_v, block_n, pieces
+    )
     return _fused(*_checked(X, W, y, b, o), o)
+
+
+# --- the derivation's steps (jax_ref.ledger runs them) -------------------------------------
+
+# every option at once, as the ledger's inputs are small: one block holds every logit
+LEDGER_OPTIONS = dict(label_smoothing=0.1, z_loss=1e-3, soft_cap=30.0)
+
+
+def _dz(x):
+    o = _options(**{**_DEFAULTS, **LEDGER_OPTIONS})
+    X, W, b, y = x["X"], x["W"], x["b"], x["y"]
+    V = W.shape[1]
+    s = block_logits(X, W, b, o.soft_cap)
+    m = s.max(axis=1)
+    lse = m + jnp.log(jnp.exp(s - m[:, None]).sum(axis=1))
+    w = token_weights(y, V, o, s.dtype)
+    a = jnp.exp(s - lse[:, None])
+    return block_grad(a, s, lse, y, jnp.arange(V), V, o.label_smoothing, o.z_loss, o.soft_cap, w)
+
+
+def _shipped(x):
+    X, W, b, y = x["X"], x["W"], x["b"], x["y"]
+    streamed = dict(block_v=4, block_n=3)  # blocks that divide neither V nor N
+    return linear_cross_entropy_grads(X, W, y, b, **LEDGER_OPTIONS, **streamed)[1]
+
+
+CHAINS = {
+    "linear_ce_grad": [
+        Step(
+            "dz",
+            "∂L/∂z = (a·(1 + 2α·lse) − (1 − ε)·onehot − ε/V) ⊙ (1 − (s/c)²) ⊙ m/N_valid",
+            "(N, V)",
+            _dz,
+        ),
+        Step("dW", "dW = Xᵀ·dz", "(H, V) = (H, N)·(N, V)", lambda x: x["X"].T @ _dz(x)),
+        Step("dX", "dX = dz·Wᵀ", "(N, H) = (N, V)·(V, H)", lambda x: _dz(x) @ x["W"].T),
+        Step("db", "db = Σ_rows dz", "(V,)", lambda x: _dz(x).sum(axis=0)),
+        Step(
+            "shipped",
+            "(dX, dW, db) = handgrad.linear_cross_entropy_grads(X, W, y, b), streamed in blocks",
+            "(N, H), (H, V), (V,)",
+            _shipped,
+        ),
+    ],
+}
