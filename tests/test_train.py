@@ -276,15 +276,9 @@ def test_attention_model_trains_digits_to_95_percent(tmp_path):
 
 
 def test_the_fused_head_trains_as_the_softmax_head_does():
-    """--head fused: the MLP and the attention model trained through
-    handgrad.linear_cross_entropy's rule follow the softmax head's trajectory within
-    rounding (float64, every step's parameters), and the fused head's whole gradient
-    passes both oracles against autodiff of jax_ref's loss."""
+    """--head fused: the MLP trained through handgrad.linear_cross_entropy's rule follows
+    the softmax head's trajectory within rounding (float64, every parameter)."""
     import functools
-
-    from handgrad.attn_model import attention_classifier_grads, init_attention_params
-    from handgrad.train import ATTENTION
-    from jax_ref.derivations.attn import attention_classifier_loss
 
     plain = _fit(np.float64, cfg=dict(epochs=5))
     fused = _fit(
@@ -293,6 +287,19 @@ def test_the_fused_head_trains_as_the_softmax_head_does():
     for p, q in zip(plain.params, fused.params):
         np.testing.assert_allclose(q, p, rtol=1e-9, atol=1e-12)
     assert abs(plain.loss[-1] - fused.loss[-1]) <= 1e-12 * abs(plain.loss[-1])
+    with pytest.raises(ValueError, match="head must be one of"):
+        hg.mlp_grads(plain.params, DS.X, DS.y, head="linear")
+
+
+@pytest.mark.slow
+def test_the_attention_model_trains_through_the_fused_head():
+    """--model attention --head fused: the softmax head's trajectory within rounding, and
+    the fused head's whole gradient passes both oracles against autodiff of jax_ref's loss."""
+    import functools
+
+    from handgrad.attn_model import attention_classifier_grads, init_attention_params
+    from handgrad.train import ATTENTION
+    from jax_ref.derivations.attn import attention_classifier_loss
 
     params = init_attention_params(jax.random.PRNGKey(0), 4, 3, 5, 3, dtype=np.float64)
     X = np.random.default_rng(0).standard_normal((6, 12))
@@ -313,5 +320,3 @@ def test_the_fused_head_trains_as_the_softmax_head_does():
         1e-3,
         returns_loss=True,
     )
-    with pytest.raises(ValueError, match="head must be one of"):
-        hg.mlp_grads(plain.params, DS.X, DS.y, head="linear")
